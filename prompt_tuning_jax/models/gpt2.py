@@ -1,0 +1,219 @@
+"""GPT-2 in Flax NNX, read top to bottom.
+
+Module and parameter names mirror the Hugging Face checkpoint
+(`transformer.h.0.attn.c_attn.weight`, ...), and weights keep the checkpoint's
+layout (`Conv1D` weights are [in, out]), so loading is a name join, not a table.
+
+The prompt wrapper uses only the seam: `embed` (token embeddings, no
+positions), `forward_embeddings` (positions + blocks + final norm on [B, T, H]
+embeddings), `logits` (tied LM head) and `embedding_table`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from prompt_tuning_jax.models import common
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """The fields of a Hugging Face GPT-2 `config.json` that change the computation."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+
+    model_type = "gpt2"
+
+    @property
+    def hidden_size(self) -> int:
+        return self.n_embd
+
+    @property
+    def inner_size(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any]) -> "GPT2Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names})
+
+    def to_hf(self) -> dict[str, Any]:
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            **dataclasses.asdict(self),
+            "tie_word_embeddings": True,
+        }
+
+
+# The released sizes (https://huggingface.co/gpt2 and siblings).
+PRESETS = {
+    "gpt2": GPT2Config(),
+    "gpt2-medium": GPT2Config(n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": GPT2Config(n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-xl": GPT2Config(n_embd=1600, n_layer=48, n_head=25),
+}
+
+
+class Embedding(nnx.Module):
+    """`weight` [V, H]."""
+
+    def __init__(self, num, features, axes, *, dtype, param_dtype, stddev, rngs):
+        self.weight = common.param(rngs, (num, features), axes, param_dtype, stddev)
+        self.dtype = dtype
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.weight[...], ids, axis=0).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, features, eps, *, param_dtype):
+        self.weight = nnx.Param(jnp.ones((features,), param_dtype), axes=("embed",))
+        self.bias = common.zeros_param((features,), ("embed",), param_dtype)
+        self.eps = eps
+
+    def __call__(self, x):
+        return common.layer_norm(x, self.weight[...], self.bias[...], self.eps)
+
+
+class Conv1D(nnx.Module):
+    """GPT-2's linear layer: `weight` [in, out], `bias` [out]."""
+
+    def __init__(self, n_in, n_out, axes, *, dtype, param_dtype, stddev, rngs):
+        self.weight = common.param(rngs, (n_in, n_out), axes, param_dtype, stddev)
+        self.bias = common.zeros_param((n_out,), axes[1:], param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, x):
+        return x @ self.weight[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: GPT2Config, layer_idx: int, *, dtype, param_dtype, rngs):
+        h, std = config.n_embd, config.initializer_range
+        if h % config.n_head:
+            raise ValueError(f"n_embd {h} is not divisible by n_head {config.n_head}")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.c_attn = Conv1D(h, 3 * h, ("embed", "qkv"), stddev=std, **kw)
+        self.c_proj = Conv1D(h, h, ("heads", "embed"), stddev=std / (2 * config.n_layer) ** 0.5, **kw)
+        self.n_head = config.n_head
+        head_dim = h // config.n_head
+        scale = head_dim**-0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            scale /= layer_idx + 1
+        self.scale = scale
+
+    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+        """x [B, T, H], bias [B|1, 1, T, T] -> [B, T, H]."""
+        b, t, h = x.shape
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = (y.reshape(b, t, self.n_head, h // self.n_head) for y in (q, k, v))
+        out = common.attend(q, k, v, bias, self.scale)
+        return self.c_proj(out.reshape(b, t, h))
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: GPT2Config, *, dtype, param_dtype, rngs):
+        h, std = config.n_embd, config.initializer_range
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.c_fc = Conv1D(h, config.inner_size, ("embed", "mlp"), stddev=std, **kw)
+        self.c_proj = Conv1D(config.inner_size, h, ("mlp", "embed"), stddev=std / (2 * config.n_layer) ** 0.5, **kw)
+        self.act = common.activation(config.activation_function)
+
+    def __call__(self, x):
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class Block(nnx.Module):
+    def __init__(self, config: GPT2Config, layer_idx: int, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        eps = config.layer_norm_epsilon
+        self.ln_1 = LayerNorm(config.n_embd, eps, param_dtype=param_dtype)
+        self.attn = Attention(config, layer_idx, **kw)
+        self.ln_2 = LayerNorm(config.n_embd, eps, param_dtype=param_dtype)
+        self.mlp = MLP(config, **kw)
+
+    def __call__(self, x, bias):
+        x = x + self.attn(self.ln_1(x), bias)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nnx.Module):
+    """GPT-2 with its tied LM head (Hugging Face `GPT2LMHeadModel`).
+
+    `dtype` is the compute dtype (float32 or bfloat16); `param_dtype` the storage
+    dtype of the weights. Layer norms and the attention softmax run in float32.
+    """
+
+    def __init__(self, config: GPT2Config, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 remat: bool = False, rngs: nnx.Rngs):
+        self.config = config
+        self.dtype = dtype
+        self.remat = remat
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        std = config.initializer_range
+        self.wte = Embedding(config.vocab_size, config.n_embd, ("vocab", "embed"), stddev=std, **kw)
+        self.wpe = Embedding(config.n_positions, config.n_embd, ("positions", "embed"), stddev=std, **kw)
+        self.h = nnx.List([Block(config, i, **kw) for i in range(config.n_layer)])
+        self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon, param_dtype=param_dtype)
+
+    # --- the seam used by the prompt wrapper -------------------------------
+    @property
+    def embedding_table(self) -> jax.Array:
+        """The token embedding table [V, H] (also the LM head)."""
+        return self.wte.weight[...]
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """Token embeddings, no positions: [B, T] -> [B, T, H]."""
+        return self.wte(input_ids)
+
+    def forward_embeddings(self, inputs_embeds: jax.Array, attention_mask: jax.Array | None = None,
+                           position_ids: jax.Array | None = None) -> jax.Array:
+        """Adds positions and runs the blocks and final norm: [B, T, H] -> hidden [B, T, H].
+
+        `position_ids` [B|1, T] default to 0..T-1, as Hugging Face's forward does
+        (also under left padding), so numbers match the PyTorch model.
+        """
+        t = inputs_embeds.shape[1]
+        if t > self.config.n_positions:
+            raise ValueError(f"sequence length {t} exceeds GPT-2's n_positions {self.config.n_positions}")
+        if position_ids is None:
+            position_ids = jnp.arange(t)[None]
+        x = inputs_embeds.astype(self.dtype) + self.wpe(position_ids)
+        bias = common.causal_bias(t, t) + common.padding_bias(attention_mask, t)
+        for block in self.h:
+            x = nnx.remat(type(block).__call__)(block, x, bias) if self.remat else block(x, bias)
+        return self.ln_f(x)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Tied LM head: [..., H] -> [..., V] in float32."""
+        w = self.wte.weight[...].astype(self.dtype)
+        return jnp.einsum("...h,vh->...v", hidden, w, preferred_element_type=jnp.float32)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                 position_ids: jax.Array | None = None) -> jax.Array:
+        """input_ids [B, T], attention_mask [B, T] (1 = real) -> logits [B, T, V] (float32)."""
+        return self.logits(self.forward_embeddings(self.embed(input_ids), attention_mask, position_ids))
+
+    # --- checkpoint names ----------------------------------------------------
+    CHECKPOINT_PREFIX = "transformer."
+
+    def checkpoint_key(self, path: tuple) -> str:
+        """Our state path ('h', 0, 'attn', 'c_attn', 'weight') -> the HF tensor name."""
+        return self.CHECKPOINT_PREFIX + ".".join(str(p) for p in path)

@@ -1,0 +1,319 @@
+"""Hugging Face checkpoints <-> our models.
+
+Our parameter paths mirror the checkpoint's tensor names, so a model's
+`checkpoint_key(path)` is the whole mapping (GPT-2 adds the `transformer.`
+prefix). Reads `config.json` plus `model.safetensors`, sharded safetensors with
+their `*.index.json`, or `pytorch_model.bin` (when torch is installed), from a
+local folder or from the hub. Writes a folder transformers loads back.
+
+T5 configs come in two styles (see `T5Config.from_hf`): hub configs mark v1.1
+with `"tie_word_embeddings": false`; transformers 5 writes
+`tie_word_embeddings: true` with `scale_decoder_outputs`, and the head is untied
+exactly when the checkpoint holds `lm_head.weight`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from prompt_tuning_jax.models import gpt2, t5
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message names the file or tensor and the fix."""
+
+
+FAMILIES = {"gpt2": (gpt2.GPT2Config, gpt2.GPT2), "t5": (t5.T5Config, t5.T5)}
+
+# Tensors in real checkpoints that are buffers or duplicates of tied weights, not parameters.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+_DTYPE_NAMES = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
+
+
+# --- locating a checkpoint -------------------------------------------------------
+
+def _looks_local(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else is meant as a path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def resolve_folder(name_or_path: str | os.PathLike) -> str:
+    """A local folder, or a hub id downloaded to the local cache; clear error otherwise."""
+    name = os.fspath(name_or_path)
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(f"{name} is a file; pass the checkpoint folder that holds config.json")
+    if _looks_local(name):
+        raise CheckpointError(f"checkpoint folder {name} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    except Exception as e:  # offline, unknown id, gated repo...
+        raise CheckpointError(
+            f"{name!r} is not a local folder and could not be fetched from the Hugging Face hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); pass a local checkpoint folder"
+        ) from None
+
+
+def read_config(folder: str) -> dict[str, Any]:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} not found: a Hugging Face checkpoint folder needs its config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise CheckpointError(
+            f"{path} has model_type {model_type!r}; prompt_tuning_jax supports {sorted(FAMILIES)} "
+            "(GPT-2 and T5 / T5 v1.1 / Flan-T5 checkpoints)")
+    return config
+
+
+# --- reading tensors -------------------------------------------------------------
+
+class SafetensorsFile:
+    """Lazy, memory-mapped reader of one .safetensors file (bfloat16 included)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+        header.pop("__metadata__", None)
+        self.header, self.offset = header, 8 + n
+        self._mmap = None
+
+    def keys(self):
+        return self.header.keys()
+
+    def shape(self, key):
+        return tuple(self.header[key]["shape"])
+
+    def get(self, key) -> np.ndarray:
+        info = self.header[key]
+        if self._mmap is None:
+            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        start, end = info["data_offsets"]
+        raw = self._mmap[self.offset + start:self.offset + end]
+        return raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+class TorchFile:
+    """A pytorch_model.bin, read with torch (a test-only dependency) when it is installed."""
+
+    def __init__(self, path: str):
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(f"{path} is a PyTorch pickle and torch is not installed; "
+                                  "install torch or convert the checkpoint to safetensors") from None
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        self.path = path
+        self.tensors = {k: v for k, v in sd.items()}
+
+    def keys(self):
+        return self.tensors.keys()
+
+    def shape(self, key):
+        return tuple(self.tensors[key].shape)
+
+    def get(self, key) -> np.ndarray:
+        import torch
+
+        t = self.tensors[key]
+        if t.dtype == torch.bfloat16:
+            return t.float().numpy().astype(ml_dtypes.bfloat16)
+        return t.numpy()
+
+
+class Checkpoint:
+    """All tensors of a folder by name, whatever the file layout; `keys`, `shape`, `get`, `describe`."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.files: dict[str, Any] = {}
+        for index_name, opener in (("model.safetensors.index.json", SafetensorsFile),
+                                   ("pytorch_model.bin.index.json", TorchFile)):
+            index_path = os.path.join(folder, index_name)
+            if os.path.isfile(index_path):
+                with open(index_path, encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+                opened = {}
+                for key, file in weight_map.items():
+                    path = os.path.join(folder, file)
+                    if file not in opened:
+                        if not os.path.isfile(path):
+                            raise CheckpointError(f"{index_path} lists shard {file}, which is missing from {folder}")
+                        opened[file] = opener(path)
+                    self.files[key] = opened[file]
+                return
+        for name, opener in (("model.safetensors", SafetensorsFile), ("pytorch_model.bin", TorchFile)):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                reader = opener(path)
+                self.files = {k: reader for k in reader.keys()}
+                return
+        raise CheckpointError(f"no weights in {folder}: expected model.safetensors, "
+                              "model.safetensors.index.json with shards, or pytorch_model.bin")
+
+    def __contains__(self, key):
+        return key in self.files
+
+    def keys(self):
+        return self.files.keys()
+
+    def shape(self, key):
+        return self.files[key].shape(key)
+
+    def get(self, key) -> np.ndarray:
+        return self.files[key].get(key)
+
+    def describe(self, key) -> str:
+        return os.path.basename(self.files[key].path) if key in self.files else os.path.basename(self.folder)
+
+
+# --- building the model ----------------------------------------------------------
+
+def _lookup(ckpt: Checkpoint, key: str, prefix: str) -> str | None:
+    """The checkpoint's name for `key`; GPT-2 checkpoints exist with and without `transformer.`."""
+    if key in ckpt:
+        return key
+    if prefix and key.startswith(prefix) and key[len(prefix):] in ckpt:
+        return key[len(prefix):]
+    return None
+
+
+def config_from_folder(folder: str, ckpt: Checkpoint | None = None):
+    raw = read_config(folder)
+    config_cls, _ = FAMILIES[raw["model_type"]]
+    try:
+        if config_cls is t5.T5Config:
+            return config_cls.from_hf(raw, has_lm_head=None if ckpt is None else "lm_head.weight" in ckpt)
+        return config_cls.from_hf(raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{os.path.join(folder, 'config.json')}: {e}") from None
+
+
+def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, mesh=None, rules=None,
+                    remat: bool = False):
+    """Loads a GPT-2 or T5 Hugging Face checkpoint (local folder or hub id) into our NNX model.
+
+    `dtype` is the compute dtype, `param_dtype` the storage dtype of the frozen
+    weights. With a `mesh`, each weight is placed by its logical axes
+    (`training.partitioning.DEFAULT_RULES` unless `rules` is given); each process
+    reads only the slices its devices hold.
+    """
+    from prompt_tuning_jax.training import partitioning
+
+    folder = resolve_folder(name_or_path)
+    read_config(folder)  # fail on a wrong model type before opening weights
+    ckpt = Checkpoint(folder)
+    config = config_from_folder(folder, ckpt)
+    _, model_cls = FAMILIES[config.model_type]
+    abstract = nnx.eval_shape(lambda: model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                                                rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    prefix = getattr(model_cls, "CHECKPOINT_PREFIX", "")
+    rules = rules or partitioning.DEFAULT_RULES
+    device = jax.devices()[0] if mesh is None else None
+
+    def load(path, variable):
+        key = abstract.checkpoint_key(path)
+        found = _lookup(ckpt, key, prefix)
+        if found is None:
+            raise CheckpointError(f"{folder}: checkpoint has no tensor {key!r} (expected shape {variable.shape}); "
+                                  "is config.json from the same model as the weights?")
+        shape = ckpt.shape(found)
+        if shape != tuple(variable.shape):
+            raise CheckpointError(f"{folder}/{ckpt.describe(found)}: tensor {found!r} has shape {shape}, "
+                                  f"but config.json implies {tuple(variable.shape)}")
+        array = ckpt.get(found)
+        if mesh is None:
+            return jax.device_put(np.asarray(array, dtype=variable.dtype), device)
+        sharding = jax.sharding.NamedSharding(mesh, partitioning.variable_spec(variable, mesh, rules))
+        return jax.make_array_from_callback(variable.shape, sharding,
+                                            lambda idx: np.asarray(array[idx], dtype=variable.dtype))
+
+    for path, variable in nnx.to_flat_state(state):
+        variable.set_value(load(path, variable))
+    return nnx.merge(graphdef, state)
+
+
+def init_random(config, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0, remat: bool = False):
+    """A randomly initialised model for `config` (a GPT2Config or T5Config)."""
+    _, model_cls = FAMILIES[config.model_type]
+    return model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(seed))
+
+
+# --- writing a checkpoint --------------------------------------------------------
+
+def _write_safetensors(path: str, tensors: dict[str, np.ndarray]):
+    header, offset, blobs = {}, 0, []
+    for key, array in tensors.items():
+        array = np.ascontiguousarray(array)
+        data = array.tobytes()
+        header[key] = {"dtype": _DTYPE_NAMES[array.dtype], "shape": list(array.shape),
+                       "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for blob in blobs:
+            f.write(blob)
+
+
+def save_pretrained(model, folder: str | os.PathLike):
+    """Writes `config.json` + `model.safetensors` that transformers (and `from_pretrained`) load back.
+
+    Files are written under temporary names and renamed, so an interrupted save
+    never leaves a half-written checkpoint under the real names.
+    """
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    tensors = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        array = np.asarray(jax.device_get(variable[...]))
+        tensors[model.checkpoint_key(path)] = array
+    config = model.config.to_hf()  # tied copies (lm_head, embed_tokens) are left to transformers
+    _atomic_write(os.path.join(folder, "model.safetensors"), lambda p: _write_safetensors(p, tensors))
+    _atomic_write(os.path.join(folder, "config.json"),
+                  lambda p: open(p, "w", encoding="utf-8").write(json.dumps(config, indent=2, sort_keys=True)))
+
+
+def _atomic_write(path: str, write: Callable[[str], Any]):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,354 @@
+"""T5 (v1.0, v1.1, LM-adapted "lm100k", Flan-T5) in Flax NNX.
+
+Names mirror the Hugging Face checkpoint (`encoder.block.0.layer.0.SelfAttention.q.weight`,
+...) and `nn.Linear` weights keep their [out, in] layout, so loading is a name join.
+
+Differences that matter (all read from config.json):
+- v1.0: ReLU MLP (`wi`, `wo`), LM head tied to `shared`, decoder output scaled by d_model**-0.5.
+- v1.1 / lm-adapt / Flan: gated-GELU MLP (`wi_0`, `wi_1`, `wo`), untied `lm_head`, no rescale.
+- No 1/sqrt(d) attention scaling; relative position bias from layer 0 shared by the stack.
+
+The prompt wrapper's seam: `embed`, `encode` (on embeddings), `decode`, `logits`,
+`embedding_table`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from prompt_tuning_jax.models import common
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """The fields of a Hugging Face T5 `config.json` that change the computation.
+
+    `tie_word_embeddings`: the LM head is `shared` (no `lm_head` parameter).
+    `scale_decoder_outputs`: multiply the decoder output by d_model**-0.5 before the head.
+    """
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int | None = None
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"
+    initializer_factor: float = 1.0
+    tie_word_embeddings: bool = True
+    scale_decoder_outputs: bool = True
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+
+    model_type = "t5"
+
+    def __post_init__(self):
+        act = self.feed_forward_proj.split("-")
+        if len(act) > 2 or (len(act) == 2 and act[0] != "gated"):
+            raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} must be 'ACT' or 'gated-ACT'")
+        common.activation(self.act_name)  # fail early on an unknown activation
+
+    @property
+    def hidden_size(self) -> int:
+        return self.d_model
+
+    @property
+    def n_decoder_layers(self) -> int:
+        return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+    @property
+    def is_gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def act_name(self) -> str:
+        name = self.feed_forward_proj.split("-")[-1]
+        return "gelu_new" if self.feed_forward_proj == "gated-gelu" else name
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any], has_lm_head: bool | None = None) -> "T5Config":
+        """Reads both config styles (see module docstring of `models/hf.py`).
+
+        Old style (hub): `tie_word_embeddings: false` marks v1.1 (untied, no rescale).
+        transformers 5 style: `tie_word_embeddings: true` + `scale_decoder_outputs`;
+        the head is untied exactly when the checkpoint holds `lm_head.weight`.
+        """
+        names = {f.name for f in dataclasses.fields(cls)} - {"tie_word_embeddings", "scale_decoder_outputs"}
+        kwargs = {k: v for k, v in config.items() if k in names and v is not None}
+        tie_flag = config.get("tie_word_embeddings", True)
+        scale = config.get("scale_decoder_outputs", tie_flag is not False)
+        tie = (not has_lm_head) if has_lm_head is not None else tie_flag is not False
+        return cls(**kwargs, tie_word_embeddings=bool(tie), scale_decoder_outputs=bool(scale))
+
+    def to_hf(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["num_decoder_layers"] = self.n_decoder_layers
+        d.update(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
+                 dense_act_fn=self.act_name, is_gated_act=self.is_gated)
+        # Old-style flag: false means v1.1 (no rescale); transformers 5 reads it the same way.
+        d["tie_word_embeddings"] = self.scale_decoder_outputs
+        return d
+
+
+def _v11(**kw):
+    return T5Config(feed_forward_proj="gated-gelu", tie_word_embeddings=False, scale_decoder_outputs=False, **kw)
+
+
+# Released sizes. v1.1 / lm-adapt ("lm100k") / Flan-T5 share an architecture per size.
+PRESETS = {
+    "t5-small": T5Config(d_model=512, d_ff=2048, num_layers=6, num_heads=8),
+    "t5-base": T5Config(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
+    "t5-large": T5Config(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
+    "t5-3b": T5Config(d_model=1024, d_kv=128, d_ff=16384, num_layers=24, num_heads=32),
+    "t5-11b": T5Config(d_model=1024, d_kv=128, d_ff=65536, num_layers=24, num_heads=128),
+    "t5-v1_1-small": _v11(d_model=512, d_ff=1024, num_layers=8, num_heads=6),
+    "t5-v1_1-base": _v11(d_model=768, d_ff=2048, num_layers=12, num_heads=12),
+    "t5-v1_1-large": _v11(d_model=1024, d_ff=2816, num_layers=24, num_heads=16),
+    "t5-v1_1-xl": _v11(d_model=2048, d_ff=5120, num_layers=24, num_heads=32),
+    "t5-v1_1-xxl": _v11(d_model=4096, d_ff=10240, num_layers=24, num_heads=64),
+}
+for _size in ("small", "base", "large", "xl", "xxl"):
+    PRESETS[f"t5-{_size}-lm-adapt"] = PRESETS[f"t5-v1_1-{_size}"]
+    PRESETS[f"flan-t5-{_size}"] = PRESETS[f"t5-v1_1-{_size}"]
+
+
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+    """T5's bucketing of (key - query) distances: exact for small ones, log-spaced up to max_distance."""
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative_position > 0).astype(jnp.int32) * num_buckets
+        relative_position = jnp.abs(relative_position)
+    else:
+        relative_position = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    scaled = jnp.log(jnp.maximum(relative_position, 1).astype(jnp.float32) / max_exact)
+    large = max_exact + (scaled / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(is_small, relative_position, large)
+
+
+class Linear(nnx.Module):
+    """Bias-free linear layer with the PyTorch layout: `weight` [out, in]."""
+
+    def __init__(self, n_in, n_out, axes, *, dtype, param_dtype, stddev, rngs):
+        self.weight = common.param(rngs, (n_out, n_in), axes, param_dtype, stddev)
+        self.dtype = dtype
+
+    def __call__(self, x):
+        return jnp.einsum("...i,oi->...o", x, self.weight[...].astype(self.dtype))
+
+
+class LayerNorm(nnx.Module):
+    """T5's RMS norm: `weight` [d_model], no bias, no mean."""
+
+    def __init__(self, d_model, eps, *, param_dtype):
+        self.weight = nnx.Param(jnp.ones((d_model,), param_dtype), axes=("embed",))
+        self.eps = eps
+
+    def __call__(self, x):
+        return common.rms_norm(x, self.weight[...], self.eps)
+
+
+class Attention(nnx.Module):
+    """T5Attention: q, k, v, o without bias and without 1/sqrt(d) scaling."""
+
+    def __init__(self, config: T5Config, has_relative_attention_bias: bool, *, dtype, param_dtype, rngs):
+        d, inner, f = config.d_model, config.num_heads * config.d_kv, config.initializer_factor
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q = Linear(d, inner, ("heads", "embed"), stddev=f * (d * config.d_kv) ** -0.5, **kw)
+        self.k = Linear(d, inner, ("heads", "embed"), stddev=f * d**-0.5, **kw)
+        self.v = Linear(d, inner, ("heads", "embed"), stddev=f * d**-0.5, **kw)
+        self.o = Linear(inner, d, ("embed", "heads"), stddev=f * inner**-0.5, **kw)
+        if has_relative_attention_bias:
+            self.relative_attention_bias = nnx.Dict(weight=common.param(
+                rngs, (config.relative_attention_num_buckets, config.num_heads),
+                ("relpos_buckets", "relpos_heads"), param_dtype, f * d**-0.5))
+        self.num_heads, self.d_kv = config.num_heads, config.d_kv
+
+    def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array) -> jax.Array:
+        """x [B, Tq, d], kv [B, Tk, d], bias [B|1, N|1, Tq, Tk] -> [B, Tq, d]."""
+        split = lambda y: y.reshape(*y.shape[:2], self.num_heads, self.d_kv)
+        out = common.attend(split(self.q(x)), split(self.k(kv)), split(self.v(kv)), bias, scale=1.0)
+        return self.o(out.reshape(*out.shape[:2], -1))
+
+    def position_bias(self, q_len: int, k_len: int, bidirectional: bool, num_buckets: int,
+                      max_distance: int) -> jax.Array:
+        """Learned relative position bias [1, N, Tq, Tk] in float32."""
+        rel = jnp.arange(k_len)[None, :] - jnp.arange(q_len)[:, None]
+        buckets = relative_position_bucket(rel, bidirectional, num_buckets, max_distance)
+        values = jnp.take(self.relative_attention_bias["weight"][...], buckets, axis=0)  # [Tq, Tk, N]
+        return values.transpose(2, 0, 1)[None].astype(jnp.float32)
+
+
+class LayerSelfAttention(nnx.Module):
+    def __init__(self, config, has_relative_attention_bias, *, dtype, param_dtype, rngs):
+        self.SelfAttention = Attention(config, has_relative_attention_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.layer_norm = LayerNorm(config.d_model, config.layer_norm_epsilon, param_dtype=param_dtype)
+
+    def __call__(self, x, bias):
+        h = self.layer_norm(x)
+        return x + self.SelfAttention(h, h, bias)
+
+
+class LayerCrossAttention(nnx.Module):
+    def __init__(self, config, *, dtype, param_dtype, rngs):
+        self.EncDecAttention = Attention(config, False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.layer_norm = LayerNorm(config.d_model, config.layer_norm_epsilon, param_dtype=param_dtype)
+
+    def __call__(self, x, encoder_hidden, bias):
+        return x + self.EncDecAttention(self.layer_norm(x), encoder_hidden, bias)
+
+
+class DenseActDense(nnx.Module):
+    """v1.0 MLP: wo(act(wi(x)))."""
+
+    def __init__(self, config, *, dtype, param_dtype, rngs):
+        d, ff, f = config.d_model, config.d_ff, config.initializer_factor
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.wi = Linear(d, ff, ("mlp", "embed"), stddev=f * d**-0.5, **kw)
+        self.wo = Linear(ff, d, ("embed", "mlp"), stddev=f * ff**-0.5, **kw)
+        self.act = common.activation(config.act_name)
+
+    def __call__(self, x):
+        return self.wo(self.act(self.wi(x)))
+
+
+class DenseGatedActDense(nnx.Module):
+    """v1.1 MLP: wo(act(wi_0(x)) * wi_1(x))."""
+
+    def __init__(self, config, *, dtype, param_dtype, rngs):
+        d, ff, f = config.d_model, config.d_ff, config.initializer_factor
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.wi_0 = Linear(d, ff, ("mlp", "embed"), stddev=f * d**-0.5, **kw)
+        self.wi_1 = Linear(d, ff, ("mlp", "embed"), stddev=f * d**-0.5, **kw)
+        self.wo = Linear(ff, d, ("embed", "mlp"), stddev=f * ff**-0.5, **kw)
+        self.act = common.activation(config.act_name)
+
+    def __call__(self, x):
+        return self.wo(self.act(self.wi_0(x)) * self.wi_1(x))
+
+
+class LayerFF(nnx.Module):
+    def __init__(self, config, *, dtype, param_dtype, rngs):
+        mlp = DenseGatedActDense if config.is_gated else DenseActDense
+        self.DenseReluDense = mlp(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.layer_norm = LayerNorm(config.d_model, config.layer_norm_epsilon, param_dtype=param_dtype)
+
+    def __call__(self, x):
+        return x + self.DenseReluDense(self.layer_norm(x))
+
+
+class Block(nnx.Module):
+    """`layer` = [self-attention, (cross-attention,) feed-forward], as in the checkpoint."""
+
+    def __init__(self, config, is_decoder: bool, has_relative_attention_bias: bool, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        layers = [LayerSelfAttention(config, has_relative_attention_bias, **kw)]
+        if is_decoder:
+            layers.append(LayerCrossAttention(config, **kw))
+        layers.append(LayerFF(config, **kw))
+        self.layer = nnx.List(layers)
+        self.is_decoder = is_decoder
+
+    def __call__(self, x, bias, encoder_hidden=None, cross_bias=None):
+        x = self.layer[0](x, bias)
+        if self.is_decoder:
+            x = self.layer[1](x, encoder_hidden, cross_bias)
+        return self.layer[-1](x)
+
+
+class Stack(nnx.Module):
+    """T5Stack: blocks and `final_layer_norm`; embeddings come from the shared table."""
+
+    def __init__(self, config: T5Config, is_decoder: bool, *, dtype, param_dtype, remat, rngs):
+        n = config.n_decoder_layers if is_decoder else config.num_layers
+        self.block = nnx.List([Block(config, is_decoder, i == 0, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                               for i in range(n)])
+        self.final_layer_norm = LayerNorm(config.d_model, config.layer_norm_epsilon, param_dtype=param_dtype)
+        self.is_decoder = is_decoder
+        self.remat = remat
+        self.buckets = config.relative_attention_num_buckets
+        self.max_distance = config.relative_attention_max_distance
+
+    def __call__(self, x, attention_mask=None, encoder_hidden=None, encoder_mask=None):
+        """x [B, T, d] embeddings -> [B, T, d]; decoder: causal + cross-attention to encoder_hidden [B, S, d]."""
+        t = x.shape[1]
+        rel = self.block[0].layer[0].SelfAttention
+        bias = rel.position_bias(t, t, not self.is_decoder, self.buckets, self.max_distance)
+        bias = bias + common.padding_bias(attention_mask, t)
+        cross_bias = None
+        if self.is_decoder:
+            bias = bias + common.causal_bias(t, t)
+            cross_bias = common.padding_bias(encoder_mask, encoder_hidden.shape[1])
+        for block in self.block:
+            if self.remat:
+                x = nnx.remat(type(block).__call__)(block, x, bias, encoder_hidden, cross_bias)
+            else:
+                x = block(x, bias, encoder_hidden, cross_bias)
+        return self.final_layer_norm(x)
+
+
+class T5(nnx.Module):
+    """T5 encoder-decoder with its LM head (Hugging Face `T5ForConditionalGeneration`)."""
+
+    def __init__(self, config: T5Config, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
+        self.config = config
+        self.dtype = dtype
+        kw = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
+        self.shared = nnx.Dict(weight=common.param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
+                                                   param_dtype, config.initializer_factor))
+        self.encoder = Stack(config, False, **kw)
+        self.decoder = Stack(config, True, **kw)
+        if not config.tie_word_embeddings:
+            self.lm_head = Linear(config.d_model, config.vocab_size, ("vocab", "embed"), dtype=dtype,
+                                  param_dtype=param_dtype, stddev=config.initializer_factor, rngs=rngs)
+
+    # --- the seam used by the prompt wrapper -------------------------------
+    @property
+    def embedding_table(self) -> jax.Array:
+        """The shared token embedding table [V, d]."""
+        return self.shared["weight"][...]
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """[B, T] -> [B, T, d]."""
+        return jnp.take(self.shared["weight"][...], input_ids, axis=0).astype(self.dtype)
+
+    def encode(self, inputs_embeds: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """Encoder on embeddings: [B, S, d] -> [B, S, d]."""
+        return self.encoder(inputs_embeds.astype(self.dtype), attention_mask)
+
+    def decode(self, decoder_input_ids: jax.Array, encoder_hidden: jax.Array, encoder_mask: jax.Array | None = None,
+               decoder_attention_mask: jax.Array | None = None) -> jax.Array:
+        """Decoder: ids [B, T] attending to encoder_hidden [B, S, d] -> hidden [B, T, d]."""
+        return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_hidden, encoder_mask)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """[..., d] -> [..., V] float32, with v1.0's d_model**-0.5 rescale when configured."""
+        if self.config.scale_decoder_outputs:
+            hidden = hidden * self.config.d_model**-0.5
+        w = self.embedding_table if self.config.tie_word_embeddings else self.lm_head.weight[...]
+        return jnp.einsum("...d,vd->...v", hidden, w.astype(self.dtype), preferred_element_type=jnp.float32)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                 decoder_input_ids: jax.Array, decoder_attention_mask: jax.Array | None = None) -> jax.Array:
+        """input_ids [B, S], decoder_input_ids [B, T] -> logits [B, T, V] (float32)."""
+        encoded = self.encode(self.embed(input_ids), attention_mask)
+        return self.logits(self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask))
+
+    # --- checkpoint names ----------------------------------------------------
+    def checkpoint_key(self, path: tuple) -> str:
+        return ".".join(str(p) for p in path)

@@ -1,0 +1,109 @@
+"""Device mesh and logical-axis sharding rules.
+
+Parameters carry logical axis names in their `axes` metadata (`vocab`, `embed`,
+`heads`, `mlp`, ...). A rules table maps each name to a mesh axis (`data`,
+`model`) or to None (replicated). The same model code then runs on one device or
+on a pod slice: only the mesh changes.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "model")
+
+# Megatron-style: vocab, heads and MLP dimensions split over `model`, batch over `data`.
+DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("heads", "model"),
+    ("qkv", "model"),
+    ("mlp", "model"),
+    ("embed", None),
+    ("positions", None),
+    ("relpos_buckets", None),
+    ("relpos_heads", None),
+    ("prompt", None),
+    ("tasks", None),
+    ("classes", None),
+    ("length", None),
+)
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'model') mesh over `devices` (default: all devices, all processes).
+
+    `data=-1` takes whatever `model` leaves. Axis types are the classic auto ones.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    if data == -1:
+        if n % model:
+            raise ValueError(f"{n} devices cannot be split into model-parallel groups of {model}")
+        data = n // model
+    if data * model != n:
+        raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, found {n}")
+    try:
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh((data, model), devices=devices)
+    except Exception:  # unusual topologies: fall back to the given order
+        grid = np.asarray(devices).reshape(data, model)
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh | None,
+                    rules=DEFAULT_RULES) -> P:
+    """Maps logical axis names to a PartitionSpec, replicating dims the mesh axis does not divide."""
+    if not axes:
+        return P()
+    table = dict(rules)
+    out, used = [], set()
+    for name, size in zip(axes, shape):
+        mesh_axis = table.get(name) if name is not None else None
+        if mesh_axis is not None and mesh is not None:
+            if mesh_axis in used or size % mesh.shape[mesh_axis]:
+                mesh_axis = None
+        if mesh_axis is not None:
+            used.add(mesh_axis)
+        out.append(mesh_axis)
+    return P(*out)
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def variable_spec(variable: nnx.Variable, mesh: Mesh | None, rules=DEFAULT_RULES) -> P:
+    axes = variable.get_metadata().get("axes")
+    return logical_to_spec(axes, variable.shape, mesh, rules)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedSharding for each variable of `state`, as a pure nested dict (like `state.to_pure_dict()`)."""
+    shardings = jax.tree.map(lambda v: NamedSharding(mesh, variable_spec(v, mesh, rules)), state,
+                             is_leaf=_is_variable)
+    return nnx.to_pure_dict(shardings) if isinstance(shardings, nnx.State) else shardings
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Batch arrays: leading dim over `data`, the rest replicated."""
+    return NamedSharding(mesh, P("data", *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.Module:
+    """Places every variable of `model` on `mesh` by its logical axes (in place) and returns it."""
+    state = nnx.state(model)
+    placed = jax.tree.map(
+        lambda v: jax.device_put(v[...], NamedSharding(mesh, variable_spec(v, mesh, rules))),
+        state, is_leaf=_is_variable)
+    nnx.update(model, placed)
+    return model

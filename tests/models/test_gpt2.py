@@ -1,0 +1,67 @@
+"""Our GPT-2 against transformers' GPT2LMHeadModel on random checkpoints."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import assert_logits_close, make_gpt2, padded_batch
+
+import prompt_tuning_jax as ptj
+
+
+def torch_logits(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids, dtype=torch.long),
+                     attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"n_embd": 40, "n_head": 5, "n_inner": 72, "n_layer": 3},
+    {"activation_function": "relu", "scale_attn_by_inverse_layer_idx": True},
+])
+def test_logits_match_transformers(tmp_path, rng, side, overrides):
+    hf = make_gpt2(tmp_path, **overrides)
+    model = ptj.from_pretrained(tmp_path)
+    ids, mask = padded_batch(rng, hf.config.vocab_size, [9, 5, 1], 9, side=side)
+    ours = jax.jit(lambda i, m: model(i, attention_mask=m))(ids, mask)
+    assert ours.shape == (3, 9, hf.config.vocab_size) and ours.dtype == jnp.float32
+    assert_logits_close(ours, torch_logits(hf, ids, mask), mask)
+
+
+def test_no_mask_is_all_real(tmp_path, rng):
+    hf = make_gpt2(tmp_path)
+    model = ptj.from_pretrained(tmp_path)
+    ids, mask = padded_batch(rng, hf.config.vocab_size, [7, 7], 7)
+    assert_logits_close(model(ids), torch_logits(hf, ids, mask))
+
+
+def test_bfloat16_compute_is_close_to_float32(tmp_path, rng):
+    make_gpt2(tmp_path)
+    f32 = ptj.from_pretrained(tmp_path)
+    bf16 = ptj.from_pretrained(tmp_path, dtype=jnp.bfloat16)
+    ids, mask = padded_batch(rng, 211, [8, 6], 8)
+    a, b = f32(ids, mask), bf16(ids, mask)
+    assert b.dtype == jnp.float32  # logits come out in float32 for the loss
+    assert bf16.h[0].attn.c_attn.weight[...].dtype == jnp.float32  # storage stays float32
+    rel = np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(a)).max()
+    assert 0 < rel < 5e-2
+
+
+def test_seam_composes_to_the_forward(tmp_path, rng):
+    make_gpt2(tmp_path)
+    model = ptj.from_pretrained(tmp_path)
+    ids, mask = padded_batch(rng, 211, [6, 4], 6)
+    via_seam = model.logits(model.forward_embeddings(model.embed(ids), mask))
+    np.testing.assert_array_equal(np.asarray(via_seam), np.asarray(model(ids, mask)))
+    assert model.embedding_table.shape == (211, 48)
+
+
+def test_every_parameter_has_logical_axes():
+    from flax import nnx
+
+    model = ptj.init_random(ptj.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        axes = var.get_metadata().get("axes")
+        assert axes is not None and len(axes) == var[...].ndim, path

@@ -1,0 +1,69 @@
+"""Our T5 against transformers' T5ForConditionalGeneration on random checkpoints."""
+import jax
+import numpy as np
+import pytest
+import torch
+from conftest import assert_logits_close, make_t5, padded_batch
+
+import prompt_tuning_jax as ptj
+
+
+def torch_logits(model, ids, mask, dec, dec_mask):
+    t = lambda a: torch.tensor(a, dtype=torch.long)
+    with torch.no_grad():
+        return model(input_ids=t(ids), attention_mask=t(mask), decoder_input_ids=t(dec),
+                     decoder_attention_mask=t(dec_mask)).logits.numpy()
+
+
+CASES = {
+    "v1.0 tied+rescaled": dict(untied=False),
+    "v1.1 untied": dict(untied=True),
+    "odd sizes": dict(untied=True, d_model=36, d_kv=5, num_heads=3, num_layers=3, num_decoder_layers=1),
+    "v1.0 deeper decoder": dict(untied=False, d_kv=12, num_heads=2, num_layers=1, num_decoder_layers=3),
+}
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_match_transformers(tmp_path, rng, side, case):
+    hf = make_t5(tmp_path, **CASES[case])
+    model = ptj.from_pretrained(tmp_path)
+    assert model.config.tie_word_embeddings == (not CASES[case]["untied"])
+    assert model.config.scale_decoder_outputs == (not CASES[case]["untied"])
+    v = hf.config.vocab_size
+    ids, mask = padded_batch(rng, v, [11, 6, 2], 11, side=side)
+    dec, dec_mask = padded_batch(rng, v, [5, 3, 1], 5, side="right")
+    ours = jax.jit(lambda a, b, c, d: model(a, b, decoder_input_ids=c, decoder_attention_mask=d))(ids, mask, dec,
+                                                                                                  dec_mask)
+    assert ours.shape == (3, 5, v)
+    assert_logits_close(ours, torch_logits(hf, ids, mask, dec, dec_mask), dec_mask)
+
+
+def test_hub_style_config_untied(tmp_path, rng):
+    """Real v1.1 hub configs say tie_word_embeddings: false (and lack scale_decoder_outputs)."""
+    import json
+
+    hf = make_t5(tmp_path, untied=True)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("scale_decoder_outputs", None)
+    cfg["tie_word_embeddings"] = False
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    model = ptj.from_pretrained(tmp_path)
+    assert not model.config.scale_decoder_outputs and not model.config.tie_word_embeddings
+    ids, mask = padded_batch(rng, 199, [7, 3], 7)
+    dec, dec_mask = padded_batch(rng, 199, [4, 4], 4)
+    assert_logits_close(model(ids, mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask),
+                        torch_logits(hf, ids, mask, dec, dec_mask))
+
+
+def test_relative_position_buckets_match_transformers():
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    from prompt_tuning_jax.models.t5 import relative_position_bucket
+
+    rel = np.arange(-300, 300)[None, :]
+    for bidirectional in (True, False):
+        for buckets, dist in ((32, 128), (8, 20)):
+            want = T5Attention._relative_position_bucket(torch.tensor(rel), bidirectional, buckets, dist).numpy()
+            got = relative_position_bucket(rel, bidirectional, buckets, dist)
+            np.testing.assert_array_equal(np.asarray(got), want)
