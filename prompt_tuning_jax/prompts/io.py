@@ -1,0 +1,276 @@
+"""Prompt files: `.npy` (this project and Lester's released prompts) and PEFT adapters.
+
+    save_prompt("sst2.npy", prompt)                   # [P, H] float32, written atomically
+    prompt = load_prompt("sst2.npy", expected_shape=(100, 768))
+    export_peft("adapter/", prompt, "gpt2", "CAUSAL_LM")
+    prompt, config = import_peft("adapter/")           # PEFT's own saved adapters too
+
+A loaded prompt is never renormalised: Lester's released prompts have row
+norms around 1000 and that is what the model was tuned with.
+
+PEFT prompt tuning and encoder-decoder models (read from peft 0.21 source and
+checked by tests/prompts/test_io.py): for task_type SEQ_2_SEQ_LM PEFT sets
+`num_transformer_submodules = 2` and builds a prompt table of 2P rows
+(`PromptEmbedding(num_virtual_tokens * num_transformer_submodules, token_dim)`),
+saved whole as `prompt_embeddings` [2P, H]. For PROMPT_TUNING (and P_TUNING),
+`PeftModelForSeq2SeqLM.forward` and `.generate` prepend only rows [0, P) to the
+*encoder* input; rows [P, 2P) are never read (only multitask prompt tuning
+feeds them to the decoder), so they get no gradient and stay at their
+initial values. Hence `import_peft` takes rows [0, P), and `export_peft`
+writes the prompt twice ([prompt; prompt], 2P rows) because PEFT loads the
+table strictly by shape.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import tempfile
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_WEIGHTS_BIN_NAME = "adapter_model.bin"
+PEFT_TASK_TYPES = ("CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+PEFT_INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
+
+
+# --- .npy --------------------------------------------------------------------------
+
+def check_prompt_shape(actual: tuple, expected: tuple, source: str | None = None) -> None:
+    """ValueError naming both shapes, and what a hidden-size or length mismatch means, unless they are equal."""
+    actual, expected = tuple(int(d) for d in actual), tuple(int(d) for d in expected)
+    if actual == expected:
+        return
+    message = f"{source or 'the prompt'} has shape {actual} but the model needs {expected}"
+    reasons = []
+    if len(actual) == len(expected) >= 2:
+        if actual[-1] != expected[-1]:
+            reasons.append(f"it was trained for a model with hidden size {actual[-1]}")
+        if actual[-2] != expected[-2]:
+            reasons.append(f"it has {actual[-2]} prompt tokens (set the prompt length to {actual[-2]})")
+    raise ValueError(message + (": " + "; ".join(reasons) if reasons else ""))
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Calls `write(file)` on a temporary file beside `path`, then renames it over `path`.
+
+    Readers see the old file or the new one, never half of one; on any error the
+    temporary file is removed and an existing `path` is left untouched.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_prompt(path: str | os.PathLike, prompt) -> None:
+    """Writes `prompt` ([P, H], or [K, P, H] task prompts) to `path` as float32 `.npy`, atomically.
+
+    The path is used as given (no `.npy` is appended); missing folders are created.
+    """
+    array = np.asarray(prompt, dtype=np.float32)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"a prompt is [P, H] (or [K, P, H] task prompts), got shape {array.shape}")
+    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dtype=None) -> np.ndarray:
+    """Reads a `.npy` prompt: [P, H] (or [K, P, H] when `expected_shape` has 3 dims), values untouched.
+
+    expected_shape: the shape the model needs; a mismatch is a ValueError naming
+    both shapes (and the hidden size the prompt was trained for).
+    dtype: cast to this dtype; by default the file's dtype is kept (the small
+    released test prompt is float64).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"prompt file {path} is not a readable .npy array: {e}") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        raise ValueError(f"prompt file {path} is an .npz archive; save a single [P, H] array with save_prompt")
+    ndim = len(expected_shape) if expected_shape is not None else 2
+    if array.ndim != ndim:
+        want = "[P, H]" if ndim == 2 else f"{ndim}-D"
+        raise ValueError(f"prompt file {path} holds an array of shape {array.shape}; expected a {want} prompt")
+    if expected_shape is not None:
+        check_prompt_shape(array.shape, tuple(expected_shape), f"prompt file {path}")
+    return array.astype(dtype) if dtype is not None else array
+
+
+# --- PEFT ----------------------------------------------------------------------------
+
+def _model_dims(model_config) -> dict[str, int | None]:
+    """num_layers / num_attention_heads / token_dim from a config (dict, object or config.json), as PEFT reads them."""
+    if model_config is None:
+        return {}
+    if isinstance(model_config, (str, os.PathLike)):
+        path = os.fspath(model_config)
+        path = os.path.join(path, "config.json") if os.path.isdir(path) else path
+        with open(path, encoding="utf-8") as f:
+            model_config = json.load(f)
+    get = model_config.get if isinstance(model_config, dict) else lambda k: getattr(model_config, k, None)
+
+    def first(*keys):
+        return next((get(k) for k in keys if get(k) is not None), None)
+
+    return {"num_layers": first("num_hidden_layers", "num_layers", "n_layer"),
+            "token_dim": first("hidden_size", "n_embd", "d_model"),
+            "num_attention_heads": first("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")}
+
+
+def export_peft(folder: str | os.PathLike, prompt, base_model_name_or_path: str | None, task_type: str, *,
+                tokenizer_name_or_path: str | None = None, prompt_tuning_init: str = "RANDOM",
+                prompt_tuning_init_text: str | None = None, model_config=None, num_layers: int | None = None,
+                num_attention_heads: int | None = None, num_transformer_submodules: int | None = None,
+                extra_tensors: dict | None = None) -> str:
+    """Writes `prompt` [P, H] as a PEFT prompt-tuning adapter that `PeftModel.from_pretrained` loads.
+
+    Files: `adapter_config.json` (the keys PEFT 0.21 writes, `peft_type`
+    "PROMPT_TUNING", `inference_mode` true) and `adapter_model.safetensors` with
+    `prompt_embeddings` float32 [P * num_transformer_submodules, H].
+    task_type: "CAUSAL_LM" (GPT-2), "SEQ_2_SEQ_LM" (T5), "SEQ_CLS", ...
+    num_transformer_submodules: PEFT's default, 2 for SEQ_2_SEQ_LM (the prompt is
+    written twice; PEFT only reads the first P rows, see the module docstring) else 1.
+    model_config: where num_layers / num_attention_heads come from when not given:
+    a dict, a config object (ours or HF), or a checkpoint folder / config.json;
+    by default `base_model_name_or_path` when it is a local folder. Left unset,
+    PEFT fills them from the base model when it loads the adapter.
+    extra_tensors: more tensors for the safetensors file, named as PEFT names
+    them (e.g. a SEQ_CLS head: {"base_model.score.weight": [C, H]}).
+    Returns the folder.
+    """
+    prompt = np.asarray(prompt, dtype=np.float32)
+    if prompt.ndim != 2:
+        raise ValueError(f"export_peft takes one [P, H] prompt, got shape {prompt.shape}")
+    if task_type not in PEFT_TASK_TYPES:
+        raise ValueError(f"unknown PEFT task_type {task_type!r}; use one of {PEFT_TASK_TYPES}")
+    if prompt_tuning_init not in PEFT_INITS:
+        raise ValueError(f"unknown prompt_tuning_init {prompt_tuning_init!r}; use one of {PEFT_INITS}")
+    if prompt_tuning_init == "TEXT" and not (tokenizer_name_or_path and prompt_tuning_init_text is not None):
+        raise ValueError("prompt_tuning_init='TEXT' needs tokenizer_name_or_path and prompt_tuning_init_text "
+                         "(PEFT refuses the config otherwise)")
+    if num_transformer_submodules is None:
+        num_transformer_submodules = 2 if task_type == "SEQ_2_SEQ_LM" else 1
+    if num_transformer_submodules not in (1, 2):
+        raise ValueError(f"num_transformer_submodules must be 1 or 2, got {num_transformer_submodules}")
+    if model_config is None and base_model_name_or_path and os.path.isfile(
+            os.path.join(os.path.expanduser(base_model_name_or_path), "config.json")):
+        model_config = os.path.expanduser(base_model_name_or_path)
+    dims = _model_dims(model_config)
+    if dims.get("token_dim") not in (None, prompt.shape[1]):
+        raise ValueError(f"the prompt has hidden size {prompt.shape[1]} but the base model's is {dims['token_dim']}")
+    config = {
+        "auto_mapping": None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "num_attention_heads": num_attention_heads if num_attention_heads is not None
+        else dims.get("num_attention_heads"),
+        "num_layers": num_layers if num_layers is not None else dims.get("num_layers"),
+        "num_transformer_submodules": num_transformer_submodules,
+        "num_virtual_tokens": int(prompt.shape[0]),
+        "peft_type": "PROMPT_TUNING",
+        "prompt_tuning_init": prompt_tuning_init,
+        "prompt_tuning_init_text": prompt_tuning_init_text,
+        "revision": None,
+        "task_type": task_type,
+        "token_dim": int(prompt.shape[1]),
+        "tokenizer_kwargs": None,
+        "tokenizer_name_or_path": tokenizer_name_or_path,
+    }
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        config["peft_version"] = importlib.metadata.version("peft")  # as PEFT writes it; omitted without peft
+    tensors = {"prompt_embeddings": np.concatenate([prompt] * num_transformer_submodules, axis=0)}
+    for name, value in (extra_tensors or {}).items():
+        if name in tensors:
+            raise ValueError(f"extra_tensors may not replace {name!r}")
+        tensors[name] = np.ascontiguousarray(value)
+
+    from safetensors.numpy import save as safetensors_bytes
+
+    data = safetensors_bytes(tensors, metadata={"format": "pt"})
+    folder = os.fspath(folder)
+    _atomic_write(os.path.join(folder, PEFT_WEIGHTS_NAME), lambda f: f.write(data))
+    text = json.dumps(config, indent=2, sort_keys=True)
+    _atomic_write(os.path.join(folder, PEFT_CONFIG_NAME), lambda f: f.write(text.encode("utf-8")))
+    return folder
+
+
+def _read_peft_tensors(folder: str) -> dict[str, np.ndarray]:
+    """The adapter's tensors as NumPy (bfloat16 via ml_dtypes), from safetensors or, with torch, a `.bin`."""
+    path = os.path.join(folder, PEFT_WEIGHTS_NAME)
+    if os.path.isfile(path):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="flax") as f:  # the numpy framework cannot read bfloat16
+            return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
+    path = os.path.join(folder, PEFT_WEIGHTS_BIN_NAME)
+    if os.path.isfile(path):
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(f"{path} is a PyTorch pickle; install torch to read it, or save the adapter "
+                              "with safetensors") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return {k: v.detach().float().numpy() for k, v in state.items()}
+    raise FileNotFoundError(f"{folder} has {PEFT_CONFIG_NAME} but neither {PEFT_WEIGHTS_NAME} "
+                            f"nor {PEFT_WEIGHTS_BIN_NAME}")
+
+
+def import_peft(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Reads a PEFT prompt-tuning adapter -> (prompt [P, H] float32, adapter config dict).
+
+    For SEQ_2_SEQ_LM adapters (2P rows) the prompt is rows [0, P), the rows PEFT
+    prepends to the encoder input (see the module docstring). Other tensors in
+    the file (e.g. a SEQ_CLS head) are not returned; a warning names them.
+    """
+    folder = os.fspath(folder)
+    config_path = os.path.join(folder, PEFT_CONFIG_NAME)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"PEFT adapter folder {folder} does not exist")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{folder} is not a PEFT adapter: it has no {PEFT_CONFIG_NAME}")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    peft_type = config.get("peft_type")
+    if peft_type != "PROMPT_TUNING":
+        raise ValueError(f"{folder} holds a {peft_type} adapter; only prompt-tuning adapters "
+                         "(peft_type PROMPT_TUNING) hold a [P, H] input prompt")
+    length = config.get("num_virtual_tokens")
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"{config_path} has no valid num_virtual_tokens (got {length!r})")
+    submodules = config.get("num_transformer_submodules")
+    if submodules is None:  # PEFT's default when the config leaves it unset
+        submodules = 2 if config.get("task_type") == "SEQ_2_SEQ_LM" else 1
+    tensors = _read_peft_tensors(folder)
+    if "prompt_embeddings" not in tensors:
+        raise ValueError(f"{folder} has no 'prompt_embeddings' tensor (found {sorted(tensors)})")
+    table = tensors.pop("prompt_embeddings")
+    rows = length * submodules
+    if table.ndim != 2 or table.shape[0] != rows:
+        raise ValueError(f"{folder}: prompt_embeddings has shape {table.shape} but the config says "
+                         f"{length} virtual tokens x {submodules} submodules = {rows} rows")
+    token_dim = config.get("token_dim")
+    if token_dim is not None and table.shape[1] != token_dim:
+        raise ValueError(f"{folder}: prompt_embeddings has hidden size {table.shape[1]} but token_dim is {token_dim}")
+    if tensors:
+        warnings.warn(f"{folder}: ignoring tensors other than the prompt: {sorted(tensors)}", stacklevel=2)
+    return np.asarray(table[:length], dtype=np.float32), config
