@@ -1,8 +1,10 @@
 """prompt_tuning_jax: soft-prompt tuning (Lester et al., 2021) for GPT-2 and T5 in JAX / Flax NNX."""
 from prompt_tuning_jax.models import (GPT2, T5, CheckpointError, GPT2Config, T5Config, from_pretrained,
                                       init_random, save_pretrained)
+from prompt_tuning_jax.prompts import PromptedModel, with_prompt
 from prompt_tuning_jax.tokenizer import load_tokenizer
+from prompt_tuning_jax.variables import Trainable
 
 __version__ = "0.1.0"
 __all__ = ["GPT2", "T5", "GPT2Config", "T5Config", "CheckpointError", "from_pretrained", "init_random",
-           "save_pretrained", "load_tokenizer"]
+           "save_pretrained", "load_tokenizer", "with_prompt", "PromptedModel", "Trainable"]

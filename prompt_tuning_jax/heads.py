@@ -1,0 +1,95 @@
+"""Heads on a prompted model: a linear classifier, and LM scoring (verbalizers, rank classification)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from prompt_tuning_jax.prompts import combine
+from prompt_tuning_jax.variables import Trainable
+
+
+class ClassificationHead(nnx.Module):
+    """Linear head on one hidden state: [B, H] -> class logits [B, C] (or [B] for regression).
+
+    `num_labels` must be >= 2 for classification; 1 means regression and is
+    accepted only with `regression=True`.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, *, regression: bool = False, stddev: float = 0.02,
+                 rngs: nnx.Rngs):
+        if not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
+        if regression and num_labels != 1:
+            raise ValueError(f"a regression head has num_labels=1, got {num_labels}")
+        if num_labels == 1 and not regression:
+            raise ValueError("num_labels=1 means regression: pass regression=True, or num_labels >= 2 to classify")
+        self.weight = Trainable(stddev * jax.random.normal(rngs.params(), (hidden_size, num_labels)),
+                                axes=("embed", "classes"))
+        self.bias = Trainable(jnp.zeros((num_labels,)), axes=("classes",))
+        self.num_labels, self.regression = num_labels, regression
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        out = hidden.astype(jnp.float32) @ self.weight[...] + self.bias[...]
+        return out[..., 0] if self.regression else out
+
+
+def verbalizer_logits(next_token_logits: jax.Array, label_token_ids) -> jax.Array:
+    """Next-token logits [B, V] restricted to one token per class [C] -> [B, C]."""
+    return jnp.take(next_token_logits, jnp.asarray(label_token_ids), axis=-1)
+
+
+def token_log_likelihood(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """Sum of log p(target) over real target positions: logits [B, L, V], targets/mask [B, L] -> [B]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return jnp.sum(picked * mask, axis=-1)
+
+
+def target_token_logprobs(prompted, input_ids: jax.Array, attention_mask: jax.Array, target_ids: jax.Array,
+                          target_mask: jax.Array, task_index: jax.Array | None = None) -> jax.Array:
+    """log p(target token | prompted input, earlier target tokens) for each target position: [R*B, L].
+
+    input_ids / attention_mask [B, T]; target_ids / target_mask [R*B, L], R >= 1
+    targets per example in example-major order (rank classification passes R = C).
+    GPT-2: the targets follow the prompted input (right after its last real
+    position, so after a suffix prompt too) and are teacher-forced.
+    T5: the encoder runs once per example, the decoder once per target.
+    """
+    b, rb, l = input_ids.shape[0], target_ids.shape[0], target_ids.shape[1]
+    if rb % b:
+        raise ValueError(f"{rb} targets do not divide evenly among {b} inputs")
+    rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
+    embeds, mask = prompted.embed_inputs(input_ids, attention_mask, task_index)  # [B, S, H], [B, S]
+    model = prompted.model
+    if model.config.model_type == "t5":
+        encoded = model.encode(embeds, mask)
+        start = jnp.full((rb, 1), model.config.decoder_start_token_id, target_ids.dtype)
+        dec_in = jnp.concatenate([start, target_ids[:, :-1]], axis=1)
+        logits = model.logits(model.decode(dec_in, rep(encoded), rep(mask), target_mask))  # [R*B, L, V]
+    else:
+        at = rep(combine.last_real(mask) + 1)  # [R*B] where the first target token goes
+        full, full_mask, _ = combine.insert(rep(embeds), rep(mask), model.embed(target_ids), at)
+        hidden = model.forward_embeddings(full, full_mask)  # [R*B, S+L, H]
+        # Target token k sits at at+k and is predicted from position at+k-1.
+        pos = at[:, None] - 1 + jnp.arange(l)[None, :]
+        logits = model.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))  # [R*B, L, V]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, target_ids[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return picked * target_mask
+
+
+def rank_classification(prompted, input_ids: jax.Array, attention_mask: jax.Array, label_ids: jax.Array,
+                        label_mask: jax.Array, task_index: jax.Array | None = None,
+                        length_normalize: bool = False) -> jax.Array:
+    """Log-likelihood of every label string given each input: [B, C]; argmax is the prediction.
+
+    label_ids / label_mask [C, L]: each class's verbalizer tokens (T5: ending in EOS).
+    """
+    b, c = input_ids.shape[0], label_ids.shape[0]
+    label_ids, label_mask = jnp.asarray(label_ids), jnp.asarray(label_mask).astype(jnp.float32)
+    tiled_ids, tiled_mask = jnp.tile(label_ids, (b, 1)), jnp.tile(label_mask, (b, 1))  # [B*C, L]
+    scores = target_token_logprobs(prompted, input_ids, attention_mask, tiled_ids, tiled_mask, task_index).sum(-1)
+    if length_normalize:
+        scores = scores / jnp.maximum(tiled_mask.sum(-1), 1.0)
+    return scores.reshape(b, c)

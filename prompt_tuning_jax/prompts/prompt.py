@@ -1,0 +1,153 @@
+"""PromptX: a frozen GPT-2 or T5 with a trainable soft prompt in its embedded input.
+
+    prompted = with_prompt(model, length=20, init=..., placement="suffix", head="linear", num_labels=2)
+    out = prompted(input_ids, attention_mask)         # called like the model itself
+    out.logits      # LM logits over the prompted sequence ([B, T+P, V]; T5: decoder [B, Td, V])
+    out.prediction  # right after the prompt: next-token logits [B, V], or class logits [B, C] with a head
+
+The prompt lives in a `Prompt` variable ([P, H], or [K, P, H] for K task prompts
+in multi-task batches); the model's weights stay `nnx.Param` and are never
+differentiated. Under `jax.jit`, outputs you do not use are not computed.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from prompt_tuning_jax.heads import ClassificationHead
+from prompt_tuning_jax.prompts import combine
+from prompt_tuning_jax.variables import Trainable
+
+
+class Prompt(Trainable):
+    """Soft prompt embeddings [P, H] (or [K, P, H]), float32."""
+
+
+@struct.dataclass
+class PromptOutput:
+    logits: jax.Array          # GPT-2 [B, T+P, V] over the prompted sequence; T5 decoder [B, Td, V]
+    attention_mask: jax.Array  # [B, T+P] the prompted (encoder) input's mask
+    token_positions: jax.Array  # [B, T] where each input token sits in the prompted sequence
+    hidden: jax.Array          # [B, H] hidden state at the prediction position
+    prediction: jax.Array      # [B, V] next-token logits, [B, C] class logits, or [B] regression
+
+    def token_logits(self) -> jax.Array:
+        """GPT-2: logits at the input tokens' own positions, [B, T, V] (prefix LM training)."""
+        return combine.remove(self.logits, self.token_positions)
+
+
+def _resolve_init(init, model) -> Callable:
+    if callable(init):
+        return init
+    from prompt_tuning_jax.prompts import initializers
+
+    if init is None:  # the paper's fallback: sampled from the 5,000 most common tokens
+        table = model.embedding_table
+        return initializers.from_sample_of_embeddings(table, population_size=min(5000, table.shape[0]))
+    if isinstance(init, (str, os.PathLike)):
+        return initializers.from_npy(init)
+    return initializers.from_array(np.asarray(init))
+
+
+class PromptedModel(nnx.Module):
+    def __init__(self, model, length: int, init=None, *, placement: str = "prefix", head=None,
+                 num_labels: int | None = None, regression: bool = False, num_tasks: int = 1,
+                 before_eos: bool = False, seed: int = 0):
+        if placement not in combine.PLACEMENTS:
+            raise ValueError(f"unknown prompt placement {placement!r}; use one of {combine.PLACEMENTS}")
+        if not isinstance(length, int) or length < 1:
+            raise ValueError(f"prompt length must be a positive int, got {length!r}")
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        self.model = model
+        self.placement, self.before_eos, self.num_tasks = placement, before_eos, num_tasks
+        hidden = model.config.hidden_size
+        rngs = nnx.Rngs(seed)
+        shape = (length, hidden)
+        if num_tasks > 1 and not callable(init) and init is not None and np.ndim(init) == 3:
+            init = np.asarray(init)  # one [P, H] prompt per task, given together
+            if init.shape != (num_tasks, *shape):
+                raise ValueError(f"task prompts have shape {init.shape}; expected {(num_tasks, *shape)}")
+            init_fn = None
+        else:
+            init_fn = _resolve_init(init, model)
+        if init_fn is None:
+            value = jnp.asarray(init, jnp.float32)
+        elif num_tasks == 1:
+            value = jnp.asarray(init_fn(rngs.params(), shape), jnp.float32)
+        else:
+            value = jnp.stack([jnp.asarray(init_fn(rngs.params(), shape), jnp.float32) for _ in range(num_tasks)])
+        self.soft_prompt = Prompt(value, axes=(("tasks",) if num_tasks > 1 else ()) + ("prompt", "embed"))
+        if head == "linear":
+            if num_labels is None:
+                raise ValueError("head='linear' needs num_labels (>= 2, or 1 with regression=True)")
+            head = ClassificationHead(hidden, num_labels, regression=regression, rngs=rngs)
+        elif head is not None and not isinstance(head, nnx.Module):
+            raise ValueError(f"head must be None, 'linear' or an nnx.Module, got {head!r}")
+        self.head = head
+
+    @property
+    def prompt(self) -> jax.Array:
+        """The prompt array: [P, H], or [K, P, H] with several task prompts."""
+        return self.soft_prompt[...]
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def _prompt_for(self, task_index, batch: int) -> jax.Array:
+        prompt = self.soft_prompt[...]
+        if self.num_tasks == 1:
+            return prompt
+        if task_index is None:
+            raise ValueError(f"this model has {self.num_tasks} task prompts: pass task_index [B]")
+        return jnp.take(prompt, jnp.asarray(task_index), axis=0)  # [B, P, H]
+
+    def embed_inputs(self, input_ids, attention_mask=None, task_index=None):
+        """Embeds [B, T] ids and inserts the prompt -> (embeds [B, T+P, H], mask [B, T+P])."""
+        embeds, mask, _ = self._combine(input_ids, attention_mask, task_index)
+        return embeds, mask
+
+    def _combine(self, input_ids, attention_mask, task_index):
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        at = combine.insert_positions(attention_mask, self.placement, self.before_eos)
+        prompt = self._prompt_for(task_index, input_ids.shape[0])
+        return combine.insert(self.model.embed(input_ids), attention_mask, prompt, at)
+
+    def __call__(self, input_ids, attention_mask=None, *, decoder_input_ids=None, decoder_attention_mask=None,
+                 task_index=None) -> PromptOutput:
+        embeds, mask, positions = self._combine(input_ids, attention_mask, task_index)
+        model = self.model
+        if model.config.model_type == "t5":
+            if decoder_input_ids is None:  # one step: the prediction right after the start token
+                decoder_input_ids = jnp.full((input_ids.shape[0], 1), model.config.decoder_start_token_id, jnp.int32)
+            hidden = model.decode(decoder_input_ids, model.encode(embeds, mask), mask, decoder_attention_mask)
+            pred_mask = (decoder_attention_mask if decoder_attention_mask is not None
+                         else jnp.ones(decoder_input_ids.shape, jnp.int32))
+        else:
+            hidden = model.forward_embeddings(embeds, mask)
+            pred_mask = mask
+        last = jnp.maximum(combine.last_real(pred_mask), 0)
+        h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, H]
+        prediction = self.head(h_last) if self.head is not None else model.logits(h_last)
+        return PromptOutput(logits=model.logits(hidden), attention_mask=mask, token_positions=positions,
+                            hidden=h_last, prediction=prediction)
+
+
+def with_prompt(model, length: int, init=None, placement: str = "prefix", head=None, **kwargs) -> PromptedModel:
+    """Wraps a frozen model with a trainable [length, H] prompt.
+
+    init: an `init(rng, shape)` closure from `prompts.initializers`, a [P, H]
+    array, a `.npy` path, or None (sampled from the first 5,000 vocabulary rows).
+    placement: 'prefix' (Lester, PEFT) or 'suffix' (right after each example's last real token).
+    head: None (LM head; verbalizers / rank classification), 'linear' (with
+    num_labels=...), or an nnx.Module applied to the hidden state [B, H].
+    Other keyword arguments: num_labels, regression, num_tasks, before_eos, seed.
+    """
+    return PromptedModel(model, length, init, placement=placement, head=head, **kwargs)

@@ -1,0 +1,264 @@
+"""PromptX wrappers: placement, parity with PEFT and a PyTorch suffix reference, gradients, multi-task."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import assert_logits_close, make_gpt2, make_t5, padded_batch, shared_path
+from flax import nnx
+
+import prompt_tuning_jax as ptj
+from prompt_tuning_jax.prompts import combine
+from prompt_tuning_jax.variables import Trainable
+
+t = lambda a: torch.tensor(np.asarray(a), dtype=torch.long)
+
+
+# --- placement ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("placement,side,want", [
+    ("prefix", "right", "PPab.."), ("prefix", "left", "..PPab"),
+    ("suffix", "right", "abPP.."), ("suffix", "left", "..abPP"),
+])
+def test_prompt_is_adjacent_to_the_text(placement, side, want):
+    ids = np.array([[1, 2, 0, 0]]) if side == "right" else np.array([[0, 0, 1, 2]])
+    mask = (ids > 0).astype(np.int32)
+    embeds = jnp.asarray(ids, jnp.float32)[..., None]
+    prompt = -jnp.ones((2, 1))
+    out, out_mask, source = combine.insert(embeds, mask, prompt, combine.insert_positions(mask, placement))
+    got = "".join({-1: "P", 0: ".", 1: "a", 2: "b"}[int(v)] for v in out[0, :, 0])
+    assert got == want
+    np.testing.assert_array_equal(out_mask[0], [c != "." for c in want])
+    np.testing.assert_array_equal(out[0, source[0], 0], ids[0])  # source maps tokens to their new slots
+
+
+def test_before_eos_puts_a_suffix_before_the_last_token():
+    mask = np.array([[1, 1, 1, 0]])
+    assert int(combine.insert_positions(mask, "suffix", before_eos=True)[0]) == 2
+    assert int(combine.insert_positions(mask, "suffix")[0]) == 3
+
+
+def test_unknown_placement():
+    with pytest.raises(ValueError, match="unknown prompt placement 'middle'"):
+        combine.insert_positions(np.ones((1, 2)), "middle")
+
+
+# --- parity: prefix vs PEFT ------------------------------------------------------------
+
+def peft_model(hf, task_type, prompt):
+    from peft import PromptTuningConfig, get_peft_model
+
+    pm = get_peft_model(hf, PromptTuningConfig(task_type=task_type, num_virtual_tokens=prompt.shape[0]))
+    with torch.no_grad():
+        pm.prompt_encoder["default"].embedding.weight[: prompt.shape[0]] = torch.tensor(prompt)
+    return pm.eval()
+
+
+def test_gpt2_prefix_matches_peft(tmp_path, rng):
+    hf = make_gpt2(tmp_path)
+    prompt = rng.normal(size=(5, 48)).astype(np.float32)
+    ids, mask = padded_batch(rng, 211, [9, 4, 1], 9, side="right")
+    with torch.no_grad():
+        theirs = peft_model(hf, "CAUSAL_LM", prompt)(input_ids=t(ids), attention_mask=t(mask)).logits.numpy()
+    prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path), 5, prompt, placement="prefix")
+    out = nnx.jit(lambda m, i, k: m(i, k))(prompted, ids, mask)
+    assert out.logits.shape == theirs.shape == (3, 14, 211)
+    assert_logits_close(out.logits, theirs, out.attention_mask)
+
+
+def test_t5_prefix_matches_peft(tmp_path, rng):
+    hf = make_t5(tmp_path, untied=True)
+    prompt = rng.normal(size=(4, 32)).astype(np.float32)
+    ids, mask = padded_batch(rng, 199, [8, 3], 8, side="right")
+    dec, dec_mask = padded_batch(rng, 199, [3, 2], 3)
+    with torch.no_grad():
+        theirs = peft_model(hf, "SEQ_2_SEQ_LM", prompt)(
+            input_ids=t(ids), attention_mask=t(mask), decoder_input_ids=t(dec),
+            decoder_attention_mask=t(dec_mask)).logits.numpy()
+    prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path), 4, prompt)
+    out = prompted(ids, mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask)
+    assert_logits_close(out.logits, theirs, dec_mask)
+
+
+# --- parity: suffix vs a PyTorch reference ----------------------------------------------
+
+def torch_suffix_reference(hf, ids, mask, prompt, head_w=None, head_b=None):
+    """Writes the prompt into inputs_embeds right after each example's last real token (a plain loop)."""
+    wte = hf.get_input_embeddings()
+    p = prompt.shape[0]
+    rows, masks, last = [], [], []
+    with torch.no_grad():
+        for i in range(ids.shape[0]):
+            e = wte(t(ids[i]))
+            real = np.nonzero(mask[i])[0]
+            end = real[-1] + 1
+            rows.append(torch.cat([e[:end], torch.tensor(prompt), e[end:]]))
+            masks.append(np.concatenate([mask[i][:end], np.ones(p, np.int64), mask[i][end:]]))
+            last.append(end + p - 1)
+        out = hf(inputs_embeds=torch.stack(rows), attention_mask=t(np.stack(masks)), output_hidden_states=True)
+    idx = np.arange(ids.shape[0])
+    next_logits = out.logits.numpy()[idx, last]
+    hidden = out.hidden_states[-1].numpy()[idx, last]
+    classes = hidden @ head_w + head_b if head_w is not None else None
+    return next_logits, classes
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_gpt2_suffix_matches_pytorch_reference(tmp_path, rng, side):
+    hf = make_gpt2(tmp_path)
+    prompt = rng.normal(size=(3, 48)).astype(np.float32)
+    ids, mask = padded_batch(rng, 211, [7, 2, 5], 7, side=side, pad_id=0)
+    prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path), 3, prompt, placement="suffix", head="linear",
+                               num_labels=4)
+    w = np.asarray(prompted.head.weight[...])
+    b = rng.normal(size=(4,)).astype(np.float32)
+    prompted.head.bias[...] = jnp.asarray(b)
+    want_next, want_classes = torch_suffix_reference(hf, ids, mask, prompt, w, b)
+    out = nnx.jit(lambda m, i, k: m(i, k))(prompted, ids, mask)
+    assert out.prediction.shape == (3, 4)
+    assert_logits_close(out.prediction, want_classes)
+    assert_logits_close(prompted.model.logits(out.hidden), want_next)
+    lm_only = ptj.with_prompt(prompted.model, 3, prompt, placement="suffix")
+    assert_logits_close(lm_only(ids, mask).prediction, want_next)
+
+
+# --- the wrapper ------------------------------------------------------------------------
+
+def tiny_gpt2(**kw):
+    cfg = ptj.GPT2Config(vocab_size=97, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    return ptj.init_random(cfg, **kw)
+
+
+def test_gradients_only_for_prompt_and_head(rng):
+    prompted = ptj.with_prompt(tiny_gpt2(), 4, None, placement="suffix", head="linear", num_labels=3)
+    graphdef, trainable, frozen = nnx.split(prompted, Trainable, ...)
+    ids, mask = padded_batch(rng, 97, [6, 3], 6)
+    labels = jnp.array([0, 2])
+
+    def loss(trainable, frozen):
+        out = nnx.merge(graphdef, trainable, frozen)(ids, mask)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(out.prediction), labels[:, None], 1))
+
+    grads = jax.grad(loss)(trainable, frozen)
+    paths = sorted(".".join(map(str, p)) for p, _ in nnx.to_flat_state(grads))
+    assert paths == ["head.bias", "head.weight", "soft_prompt"]
+    assert all(float(jnp.abs(g[...]).sum()) > 0 for _, g in nnx.to_flat_state(grads))
+    # No weight gradient is even computed: no dot in the backward pass yields a [H, 3H] or [H, 4H] matrix.
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(trainable, frozen)
+    shapes = {tuple(v.aval.shape) for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "dot_general"
+              for v in eqn.outvars}
+    assert (16, 48) not in shapes and (16, 64) not in shapes and (64, 16) not in shapes
+
+
+def test_multitask_batch_uses_each_examples_prompt(rng):
+    model = tiny_gpt2()
+    prompts = rng.normal(size=(3, 4, 16)).astype(np.float32)
+    multi = ptj.with_prompt(model, 4, prompts, placement="suffix", num_tasks=3)
+    assert multi.prompt.shape == (3, 4, 16)
+    ids, mask = padded_batch(rng, 97, [6, 3, 5, 2], 6)
+    task = np.array([2, 0, 1, 2])
+    got = multi(ids, mask, task_index=task).prediction
+    for i, k in enumerate(task):
+        single = ptj.with_prompt(model, 4, prompts[k], placement="suffix")
+        want = single(ids[i:i + 1], mask[i:i + 1]).prediction
+        np.testing.assert_allclose(got[i], want[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pass task_index"):
+        multi(ids, mask)
+
+
+def test_head_validation():
+    with pytest.raises(ValueError, match="num_labels=1 means regression"):
+        ptj.with_prompt(tiny_gpt2(), 2, None, head="linear", num_labels=1)
+    reg = ptj.with_prompt(tiny_gpt2(), 2, None, head="linear", num_labels=1, regression=True)
+    assert reg(np.ones((2, 3), np.int32)).prediction.shape == (2,)
+    with pytest.raises(ValueError, match="needs num_labels"):
+        ptj.with_prompt(tiny_gpt2(), 2, None, head="linear")
+
+
+def test_bfloat16_model_keeps_a_float32_prompt(rng):
+    prompted = ptj.with_prompt(tiny_gpt2(dtype=jnp.bfloat16), 3, None)
+    assert prompted.prompt.dtype == jnp.float32
+    out = prompted(*padded_batch(rng, 97, [4], 4))
+    assert out.logits.dtype == jnp.float32 and np.isfinite(np.asarray(out.logits)).all()
+
+
+def test_rank_classification_matches_pytorch(tmp_path, rng):
+    """GPT-2: score each label string after the suffix prompt; compare with a direct PyTorch computation."""
+    from prompt_tuning_jax.heads import rank_classification
+
+    hf = make_gpt2(tmp_path)
+    prompt = rng.normal(size=(2, 48)).astype(np.float32)
+    prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path), 2, prompt, placement="suffix")
+    ids, mask = padded_batch(rng, 211, [5, 3], 5)
+    labels = [[7, 8, 9], [11, 0, 0]]
+    label_mask = [[1, 1, 1], [1, 0, 0]]
+    got = rank_classification(prompted, ids, mask, np.array(labels), np.array(label_mask))
+    wte = hf.get_input_embeddings()
+    for i in range(2):
+        n = int(mask[i].sum())
+        for c, (lab, lm) in enumerate(zip(labels, label_mask)):
+            lab = [x for x, m in zip(lab, lm) if m]
+            with torch.no_grad():
+                e = torch.cat([wte(t(ids[i, :n])), torch.tensor(prompt), wte(t(lab))])[None]
+                logp = torch.log_softmax(hf(inputs_embeds=e).logits[0], -1).numpy()
+            start = n + 2
+            want = sum(logp[start - 1 + k, tok] for k, tok in enumerate(lab))
+            np.testing.assert_allclose(got[i, c], want, rtol=1e-4, atol=1e-4)
+
+
+def test_t5_rank_classification_matches_direct_scoring(tmp_path, rng):
+    from prompt_tuning_jax.heads import rank_classification, token_log_likelihood
+
+    make_t5(tmp_path, untied=True)
+    prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path), 3, rng.normal(size=(3, 32)).astype(np.float32))
+    ids, mask = padded_batch(rng, 199, [6, 4], 6)
+    labels, label_mask = np.array([[5, 1], [9, 1]]), np.ones((2, 2), np.int32)
+    got = rank_classification(prompted, ids, mask, labels, label_mask)
+    for c in range(2):
+        dec = np.concatenate([np.zeros((2, 1), np.int32), np.tile(labels[c, :1], (2, 1))], 1)
+        logits = prompted(ids, mask, decoder_input_ids=dec).logits
+        want = token_log_likelihood(logits, np.tile(labels[c], (2, 1)), np.ones((2, 2)))
+        np.testing.assert_allclose(got[:, c], want, rtol=1e-5, atol=1e-5)
+
+
+# --- released prompts --------------------------------------------------------------------
+
+def abstract_t5(size):
+    from prompt_tuning_jax.models import preset
+
+    return nnx.eval_shape(lambda: ptj.init_random(preset(size)))
+
+
+def test_released_sst2_prompt_loads_into_a_t5_base_sized_model():
+    path = shared_path("released_prompts", "t5_1_1_lm100k_base", "sst2.npy")
+    prompted = ptj.with_prompt(abstract_t5("t5-v1_1-base"), 100, str(path))
+    assert prompted.prompt.shape == (100, 768) and prompted.prompt.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(prompted.prompt), np.load(path))  # never renormalised
+    assert np.linalg.norm(np.asarray(prompted.prompt), axis=1).mean() > 100
+
+
+def test_released_prompt_into_t5_small_fails_clearly():
+    path = shared_path("released_prompts", "t5_1_1_lm100k_base", "sst2.npy")
+    with pytest.raises(ValueError, match=r"\(100, 768\).*\(100, 512\)"):
+        ptj.with_prompt(abstract_t5("t5-v1_1-small"), 100, str(path))
+
+
+def test_prompt_exported_to_peft_runs_in_peft_and_comes_back(tmp_path, rng):
+    """Train-side prompt -> PEFT adapter folder -> PeftModel gives our logits; import_peft gives our array."""
+    import transformers
+    from peft import PeftModel
+
+    from prompt_tuning_jax.prompts.io import export_peft, import_peft
+
+    make_gpt2(tmp_path / "base")
+    prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path / "base"), 6, None, placement="prefix", seed=3)
+    export_peft(tmp_path / "adapter", np.asarray(prompted.prompt), str(tmp_path / "base"), "CAUSAL_LM")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base").eval()
+    peft = PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    ids, mask = padded_batch(rng, 211, [7, 4], 7)
+    with torch.no_grad():
+        theirs = peft(input_ids=t(ids), attention_mask=t(mask)).logits.numpy()
+    ours = prompted(ids, mask)
+    assert_logits_close(ours.logits, theirs, ours.attention_mask)
+    back, _ = import_peft(tmp_path / "adapter")
+    np.testing.assert_array_equal(back, np.asarray(prompted.prompt))
