@@ -1,0 +1,109 @@
+"""The offline demo's frozen model: a tiny GPT-2 with a word-level tokenizer, built in code.
+
+`demo_checkpoint()` writes (once, deterministically, in about half a minute) a
+Hugging Face checkpoint folder — config.json, model.safetensors and a tokenizer
+— for a 2-layer GPT-2 whose vocabulary covers the synthetic `demo_sentiment`
+task. The model is pretrained as a plain language model on the task's training
+sentences, without labels (like any LM, it learns which words go together);
+then it is frozen, and prompt tuning has to find the task in it. No download.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+DEFAULT_FOLDER = os.path.join(os.path.expanduser(os.environ.get("PTJ_CACHE", "~/.cache/prompt_tuning_jax")),
+                              "demo-gpt2-tiny")
+SPECIAL = ["<|endoftext|>", "<unk>"]
+
+
+def _vocabulary() -> list[str]:
+    from prompt_tuning_jax.data import demo
+
+    words = set()
+    for group in (demo.POSITIVE, demo.NEGATIVE, demo.NOUNS, demo.ADVERBS, demo.TEMPLATES):
+        for text in group:
+            words.update(re.findall(r"[a-z]+|[^\sa-z{}]", re.sub(r"\{[a-z0-9]+\}", " ", text)))
+    words.update(["sentence", ":", "positive", "negative", "demo_sentiment", "sst2"])
+    return SPECIAL + sorted(words)
+
+
+def build_tokenizer():
+    """A word-level `PreTrainedTokenizerFast` (whitespace + punctuation split), EOS = pad = <|endoftext|>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(_vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   unk_token="<unk>", bos_token="<|endoftext|>")
+
+
+def demo_checkpoint(folder: str | None = None, seed: int = 0, initializer_range: float = 0.02,
+                    pretrain_steps: int = 600) -> str:
+    """The demo checkpoint folder, written on first use; returns its path."""
+    import prompt_tuning_jax as ptj
+
+    folder = os.fspath(folder or DEFAULT_FOLDER)
+    if os.path.exists(os.path.join(folder, "model.safetensors")) and os.path.exists(
+            os.path.join(folder, "tokenizer.json")):
+        return folder
+    tokenizer = build_tokenizer()
+    config = ptj.GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=64, n_layer=2, n_head=4,
+                            bos_token_id=0, eos_token_id=0, initializer_range=initializer_range)
+    model = ptj.init_random(config, seed=seed)
+    pretrain(model, tokenizer, steps=pretrain_steps, seed=seed)
+    import shutil
+
+    tmp = f"{folder}.tmp{os.getpid()}"  # several processes may build at once: each in its own folder
+    os.makedirs(tmp, exist_ok=True)
+    ptj.save_pretrained(model, tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        if os.path.exists(folder) and not os.path.exists(os.path.join(folder, "tokenizer.json")):
+            shutil.rmtree(folder)  # a half-built folder from an older interrupted run
+        os.replace(tmp, folder)
+    except OSError:  # another process finished first; its result is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def pretrain(model, tokenizer, steps: int = 600, batch_size: int = 64, learning_rate: float = 3e-3, seed: int = 0):
+    """Next-token training of all weights on the unlabeled training sentences of `demo_sentiment`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from prompt_tuning_jax.data import demo as demo_data
+
+    sentences = [row["sentence"] for row in demo_data.generate(demo_data.SPLITS["train"], seed=0)]
+    ids = tokenizer(sentences)["input_ids"]
+    length = max(len(x) for x in ids) + 1
+    eos = tokenizer.eos_token_id
+    tokens = np.full((len(ids), length), eos, np.int32)
+    mask = np.zeros((len(ids), length), np.float32)
+    for i, x in enumerate(ids):
+        tokens[i, :len(x) + 1] = [*x, eos]
+        mask[i, :len(x) + 1] = 1
+    optimizer = nnx.Optimizer(model, optax.adamw(learning_rate, weight_decay=0.01), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, tokens, mask):
+        def loss_fn(model):
+            logits = model(tokens[:, :-1], mask[:, :-1])
+            logp = jax.nn.log_softmax(logits, -1)
+            nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+            return (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        rows = rng.integers(0, len(tokens), batch_size)
+        step(model, optimizer, tokens[rows], mask[rows])

@@ -1,0 +1,45 @@
+"""Multi-host start-up: `jax.distributed` on TPU VMs automatically, elsewhere by flags."""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+logger = logging.getLogger(__name__)
+_initialized = False
+
+
+def on_tpu_vm() -> bool:
+    """True on a Cloud TPU VM (checked without starting a JAX backend)."""
+    return bool(os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("TPU_ACCELERATOR_TYPE")
+                or os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0"))
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, platform: str | None = None) -> None:
+    """Starts `jax.distributed` once per process, before any JAX computation.
+
+    - With `coordinator_address` (host:port), `num_processes` and `process_id`:
+      e.g. several CPU or GPU processes (CPU collectives use gloo).
+    - On a TPU VM with no arguments: auto-detected (each host of a pod slice runs
+      the same command).
+    - Otherwise: nothing; a single process.
+    """
+    global _initialized
+    if _initialized:
+        return
+    if coordinator_address:
+        if num_processes is None or process_id is None:
+            raise ValueError("--coordinator_address needs --num_processes and --process_id")
+        if (platform or os.environ.get("JAX_PLATFORMS", "")).startswith("cpu"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id)
+    elif on_tpu_vm() and int(os.environ.get("PTJ_SINGLE_HOST", "0")) == 0:
+        jax.distributed.initialize()
+    else:
+        return
+    _initialized = True
+    logger.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+                jax.process_count(), jax.local_device_count(), jax.device_count())

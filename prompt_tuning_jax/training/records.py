@@ -1,0 +1,104 @@
+"""A run's readable record: metrics.jsonl, metrics.csv, TensorBoard events and PNG plots.
+
+Only process 0 writes. Rows are flat dicts `{"step": int, "split": "train"|"eval", name: float}`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any
+
+import jax
+
+
+class RunRecord:
+    def __init__(self, directory: str | os.PathLike, tensorboard: bool = True):
+        self.directory = os.fspath(directory)
+        self.active = jax.process_index() == 0
+        self.rows: list[dict[str, Any]] = []
+        self._tb = None
+        if not self.active:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, "metrics.jsonl")
+        if os.path.exists(path):  # a resumed run keeps its history
+            with open(path, encoding="utf-8") as f:
+                self.rows = [json.loads(line) for line in f if line.strip()]
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(self.directory, "tensorboard"))
+            except ImportError:
+                self._tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drops rows past `step` (a resumed run redoes those steps)."""
+        self.rows = [r for r in self.rows if r["step"] <= step]
+        if self.active:
+            self._rewrite_jsonl()
+
+    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
+        self.rows.append(row)
+        if not self.active:
+            return
+        with open(os.path.join(self.directory, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+            self._tb.flush()
+
+    def _rewrite_jsonl(self):
+        path = os.path.join(self.directory, "metrics.jsonl")
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in self.rows:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+
+    def write_summary(self) -> None:
+        """metrics.csv (one row per step and split) and plots/{train_loss,eval_metrics}.png."""
+        if not self.active or not self.rows:
+            return
+        keys = ["step", "split"] + sorted({k for r in self.rows for k in r} - {"step", "split"})
+        tmp = os.path.join(self.directory, ".metrics.csv.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, os.path.join(self.directory, "metrics.csv"))
+        self._plot()
+
+    def _plot(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        folder = os.path.join(self.directory, "plots")
+        os.makedirs(folder, exist_ok=True)
+        for split, title, skip in (("train", "training loss", ()), ("eval", "validation metrics", ("loss",))):
+            rows = [r for r in self.rows if r["split"] == split]
+            names = ["loss"] if split == "train" else sorted({k for r in rows for k in r} - {"step", "split", *skip})
+            names = [n for n in names if any(n in r for r in rows)]
+            if not rows or not names:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for name in names:
+                pts = [(r["step"], r[name]) for r in rows if name in r]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if split == "eval" else None,
+                        label=name)
+            ax.set_xlabel("step")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(os.path.join(folder, f"{split}_{'loss' if split == 'train' else 'metrics'}.png"), dpi=100)
+            plt.close(fig)
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
