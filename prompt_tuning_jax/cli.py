@@ -58,8 +58,9 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
 
     register_configurables()
     gin.clear_config()
-    for path in config_search_paths(search_paths):
-        gin.add_config_file_search_path(path)
+    # Absolute folders only (no '' prefix): a relative `include 'models/x.gin'` that misses would
+    # otherwise be tried as a Python package named `models`, which breaks on namespace packages.
+    gin.config._LOCATION_PREFIXES[:] = [os.path.abspath(p) for p in config_search_paths(search_paths)]
     resolved = []
     for f in gin_files:
         found = f if os.path.isabs(f) and os.path.exists(f) else next(

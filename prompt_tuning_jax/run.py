@@ -228,7 +228,13 @@ def evaluate(model: ModelSpec, prompt: PromptSpec, task: str, feature_lengths: d
     task_obj = get_task(task, **dict(task_overrides or {}))
     if prompt.init == "class_labels" and not prompt.class_labels:
         prompt = dataclasses.replace(prompt, class_labels=list(task_obj.label_names))
-    if checkpoint_path:  # the trained prompt replaces the initializer: skip work and class-label lookups
+    from_run = bool(checkpoint_path) and os.path.isdir(os.path.join(checkpoint_path, "checkpoints"))
+    if from_run:  # a training MODEL_DIR: prompt and head come from its latest checkpoint
+        prompt = dataclasses.replace(prompt, init="random_uniform")
+    elif checkpoint_path:  # a prompt file replaces the initializer (and skips class-label lookups)
+        if prompt.head is not None:
+            raise ValueError(f"{checkpoint_path} holds only a prompt, but this run has a {prompt.head!r} head: "
+                             "give the training MODEL_DIR as CHECKPOINT_PATH so the head is restored too")
         prompt = dataclasses.replace(prompt, init="file", file=_prompt_file(checkpoint_path))
     mesh = partitioning.make_mesh(*mesh_shape)
     base = model.load(mesh=mesh)
@@ -243,6 +249,12 @@ def evaluate(model: ModelSpec, prompt: PromptSpec, task: str, feature_lengths: d
         label_ids, label_mask = _labels_for(task_obj, tokenizer, base, feature_lengths)
     trainer = trainer_lib.Trainer(prompted, optim.make_optimizer("sgd", 0.0), objective=objective, mesh=mesh,
                                   label_ids=label_ids, label_mask=label_mask)
+    if from_run:
+        from prompt_tuning_jax.training.checkpoint import Checkpointer
+
+        ckpt = Checkpointer(checkpoint_path, keep=None)
+        trainer.trainable = ckpt.restore_trainable(trainer.trainable)
+        ckpt.close()
     tok = _tokenize(task_obj, split, tokenizer, base, feature_lengths, limit=limit)
     metrics = trainer.evaluate(EvalIterator(tok, batch_size, padding_side=model.padding_side), task_obj)
     metrics = {k: float(v) for k, v in metrics.items()}

@@ -61,5 +61,16 @@ class Checkpointer:
             meta=ocp.args.JsonRestore()))
         return restored["trainable"], restored["opt_state"], dict(restored["meta"])
 
+    def restore_trainable(self, trainable_like, step: int | None = None):
+        """Only the trainable state (prompt and head) of `step` (default: latest), e.g. for evaluation."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}/checkpoints")
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                trainable_like)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            trainable=ocp.args.StandardRestore(abstract)))
+        return restored["trainable"]
+
     def close(self):
         self.manager.close()

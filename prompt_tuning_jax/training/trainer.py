@@ -59,7 +59,7 @@ def _train_step(trainable, opt_state, frozen, batch, *, graphdef, tx, objective,
     grads = jax.tree.map(lambda g: g / denominator, grads)
     updates, opt_state = tx.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
-    metrics = {**terms, "grad_norm": optax.global_norm(grads)}
+    metrics = {**terms, "grad_norm": optax.tree.norm(grads)}
     return trainable, opt_state, metrics
 
 
@@ -80,8 +80,8 @@ class Trainer:
         self.replicated = partitioning.replicated(self.mesh)
         self.frozen_shardings = partitioning.state_shardings(frozen, self.mesh, self.rules)
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
-        self.trainable = jax.device_put(trainable.to_pure_dict(), self.replicated)
-        self.frozen = jax.device_put(frozen.to_pure_dict(), self.frozen_shardings)
+        self.trainable = jax.device_put(nnx.to_pure_dict(trainable), self.replicated)
+        self.frozen = jax.device_put(nnx.to_pure_dict(frozen), self.frozen_shardings)
         self.opt_state = jax.jit(optimizer.init, out_shardings=self.replicated)(self.trainable)
         self.step = 0
         step_fn = functools.partial(_train_step, graphdef=self.graphdef, tx=optimizer, objective=objective,
@@ -105,18 +105,18 @@ class Trainer:
                 out[key] = jax.make_array_from_process_local_data(self.batch_sharding, x, global_shape)
         return out
 
-    def _check_batch(self, batch):
-        n = batch["input_ids"].shape[0]
+    def _check_batch(self, local_batch, accum_steps=None):
+        n = local_batch["input_ids"].shape[0] * jax.process_count()
         data = self.mesh.shape["data"]
-        if n % (self.accum_steps * data):
+        if n % ((accum_steps or self.accum_steps) * data):
             raise ValueError(f"global batch size {n} must be divisible by the {data} data shards and by "
                              f"accum_steps={self.accum_steps} x {data}")
 
     # --- training ----------------------------------------------------------------------
     def train_step(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """One optimizer step on a batch (this process's rows); returns on-device metric sums."""
+        self._check_batch(local_batch)
         batch = self.put_batch(local_batch)
-        self._check_batch(batch)
         self.trainable, self.opt_state, metrics = self._step(self.trainable, self.opt_state, self.frozen, batch)
         self.step += 1
         return metrics
@@ -130,6 +130,7 @@ class Trainer:
         """Predictions for the whole global batch, on every process: [B_global]."""
         from prompt_tuning_jax.training.checkpoint import host_value
 
+        self._check_batch(local_batch, accum_steps=1)
         return host_value(self._predict(self.trainable, self.frozen, self.put_batch(local_batch)))
 
     def evaluate(self, batches, task) -> dict[str, float]:

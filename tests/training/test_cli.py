@@ -127,3 +127,21 @@ def test_missing_required_macro_is_one_clear_line(tmp_path):
 def test_unknown_gin_file(tmp_path):
     proc = run([sys.executable, "-m", "prompt_tuning_jax.train", "--gin_file=models/gpt3.gin"])
     assert proc.returncode == 2 and "models/gpt3.gin not found" in proc.stderr
+
+
+def test_eval_command_restores_prompt_and_head_from_a_run(tmp_path, tiny_gpt2):
+    out = tmp_path / "run"
+    assert run(train_cmd(out, tiny_gpt2, "--gin.TRAIN_STEPS=10", "--gin.EVAL_PERIOD=10",
+                         "--gin.ptj.train.eval_limit=24")).returncode == 0
+    trained = json.loads((out / "best.json").read_text())
+    proc = run([sys.executable, "-m", "prompt_tuning_jax.eval", "--gin_file=models/gpt2.gin",
+                "--gin_file=prompts/from_sampled_vocab.gin", "--gin_file=prompts/linear_head.gin",
+                "--gin_file=runs/prompt_eval.gin", f"--gin.INITIAL_CHECKPOINT_PATH='{tiny_gpt2}'",
+                f"--gin.CHECKPOINT_PATH='{out}'", f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'",
+                "--gin.MIXTURE_OR_TASK_NAME='demo_sentiment'", "--gin.PROMPT_LENGTH=4",
+                "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.ptj.evaluate.limit=24"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    final = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "eval"]
+    assert metrics["accuracy"] == final[-1]["accuracy"] and metrics["examples"] == 24
+    assert trained["step"] in (0, 10)
