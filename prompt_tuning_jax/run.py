@@ -149,6 +149,16 @@ def _tokenize(task, split, tokenizer, model, lengths, limit=None, truncate="righ
                                   target_prefix=_target_prefix(model))
 
 
+def _complete_prompt(prompt: PromptSpec, task) -> PromptSpec:
+    """Fills what the task knows: the head's number of labels, and the class labels to initialise from."""
+    if prompt.head == "linear" and prompt.num_labels is None:
+        regression = task.kind == "regression"
+        prompt = dataclasses.replace(prompt, num_labels=1 if regression else task.num_classes, regression=regression)
+    if prompt.init == "class_labels" and not prompt.class_labels:
+        prompt = dataclasses.replace(prompt, class_labels=list(task.label_names))
+    return prompt
+
+
 def _check_lengths(lengths):
     if not isinstance(lengths, dict) or "inputs" not in lengths:
         raise ValueError(f"TASK_FEATURE_LENGTHS must be a dict like {{'inputs': 128, 'targets': 8}}, got {lengths!r}")
@@ -175,11 +185,7 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, task: str | Sequ
     tasks = [get_task(n, **dict(task_overrides or {})) for n in names]
     if len(tasks) > 1:
         prompt = dataclasses.replace(prompt, num_tasks=len(tasks))
-    if prompt.head == "linear" and prompt.num_labels is None:
-        prompt = dataclasses.replace(prompt, num_labels=1 if tasks[0].kind == "regression" else tasks[0].num_classes,
-                                     regression=tasks[0].kind == "regression")
-    if prompt.init == "class_labels" and not prompt.class_labels:
-        prompt = dataclasses.replace(prompt, class_labels=list(tasks[0].label_names))
+    prompt = _complete_prompt(prompt, tasks[0])
     mesh = partitioning.make_mesh(*mesh_shape)
     base = model.load(mesh=mesh)
     tokenizer = model.load_tokenizer()
@@ -226,8 +232,7 @@ def evaluate(model: ModelSpec, prompt: PromptSpec, task: str, feature_lengths: d
 
     _check_lengths(feature_lengths)
     task_obj = get_task(task, **dict(task_overrides or {}))
-    if prompt.init == "class_labels" and not prompt.class_labels:
-        prompt = dataclasses.replace(prompt, class_labels=list(task_obj.label_names))
+    prompt = _complete_prompt(prompt, task_obj)
     from_run = bool(checkpoint_path) and os.path.isdir(os.path.join(checkpoint_path, "checkpoints"))
     if from_run:  # a training MODEL_DIR: prompt and head come from its latest checkpoint
         prompt = dataclasses.replace(prompt, init="random_uniform")
