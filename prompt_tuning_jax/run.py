@@ -191,25 +191,31 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, task: str | Sequ
     tokenizer = model.load_tokenizer()
     prompted = prompt.build(base, tokenizer)
     objective = _objective(prompt, tasks[0])
-    label_ids = label_mask = None
-    if objective == "lm" and tasks[0].kind == "classification":
-        label_ids, label_mask = _labels_for(tasks[0], tokenizer, base, feature_lengths)
     tx = optimizer if optimizer is not None else optim.make_optimizer(total_steps=steps)
-    trainer = trainer_lib.Trainer(prompted, tx, objective=objective, mesh=mesh, accum_steps=accum_steps,
-                                  label_ids=label_ids, label_mask=label_mask)
+    trainer = trainer_lib.Trainer(prompted, tx, objective=objective, mesh=mesh, accum_steps=accum_steps)
     batcher_kw = dict(padding_side=model.padding_side)
     train_parts = [_tokenize(t, train_split, tokenizer, base, feature_lengths, truncate=truncate) for t in tasks]
     batches = TrainIterator(train_parts if len(train_parts) > 1 else train_parts[0], batch_size,
                             rates=mixture_rates, seed=seed, **batcher_kw)
-    evaluate = None
-    if eval_split and tasks[0].kind != "generation":
-        eval_tok = _tokenize(tasks[0], eval_split, tokenizer, base, feature_lengths, limit=eval_limit,
-                             truncate=truncate)
-        eval_batches = EvalIterator(eval_tok, eval_batch_size or batch_size, **batcher_kw)
-        evaluate = lambda tr: tr.evaluate(eval_batches, tasks[0])
+    evaluators = []  # (task, batches, label ids, label mask) for every task of the mixture
+    for k, t in enumerate(tasks):
+        if not eval_split or t.kind == "generation":
+            continue
+        labels = (_labels_for(t, tokenizer, base, feature_lengths) if objective == "lm" and
+                  t.kind == "classification" else (None, None))
+        eval_tok = _tokenize(t, eval_split, tokenizer, base, feature_lengths, limit=eval_limit, truncate=truncate)
+        evaluators.append((t, EvalIterator(eval_tok, eval_batch_size or batch_size, task_index=k, **batcher_kw),
+                           *labels))
+
+    def evaluate(tr):
+        if len(evaluators) == 1:
+            t, b, ids, mask = evaluators[0]
+            return tr.evaluate(b, t, ids, mask)
+        return {f"{t.name}/{k}": v for t, b, ids, mask in evaluators for k, v in tr.evaluate(b, t, ids, mask).items()}
+
     if jax.process_index() == 0:
         os.makedirs(model_dir, exist_ok=True)
-    summary = trainer_lib.fit(trainer, batches, steps, model_dir=model_dir, evaluate=evaluate,
+    summary = trainer_lib.fit(trainer, batches, steps, model_dir=model_dir, evaluate=evaluate if evaluators else None,
                               eval_every=eval_every, checkpoint_every=checkpoint_every, keep=keep,
                               log_every=log_every, progress=progress, prefetch=prefetch)
     summary["prompt_file"] = os.path.join(model_dir, "prompts", "prompt_latest.npy")
@@ -252,8 +258,7 @@ def evaluate(model: ModelSpec, prompt: PromptSpec, task: str, feature_lengths: d
             raise ValueError(f"evaluate() scores classification tasks by rank classification; task "
                              f"{task_obj.name} is {task_obj.kind} (use infer() to generate text)")
         label_ids, label_mask = _labels_for(task_obj, tokenizer, base, feature_lengths)
-    trainer = trainer_lib.Trainer(prompted, optim.make_optimizer("sgd", 0.0), objective=objective, mesh=mesh,
-                                  label_ids=label_ids, label_mask=label_mask)
+    trainer = trainer_lib.Trainer(prompted, optim.make_optimizer("sgd", 0.0), objective=objective, mesh=mesh)
     if from_run:
         from prompt_tuning_jax.training.checkpoint import Checkpointer
 
@@ -261,7 +266,8 @@ def evaluate(model: ModelSpec, prompt: PromptSpec, task: str, feature_lengths: d
         trainer.trainable = ckpt.restore_trainable(trainer.trainable)
         ckpt.close()
     tok = _tokenize(task_obj, split, tokenizer, base, feature_lengths, limit=limit)
-    metrics = trainer.evaluate(EvalIterator(tok, batch_size, padding_side=model.padding_side), task_obj)
+    metrics = trainer.evaluate(EvalIterator(tok, batch_size, padding_side=model.padding_side), task_obj,
+                               label_ids, label_mask)
     metrics = {k: float(v) for k, v in metrics.items()}
     if output_dir and jax.process_index() == 0:
         os.makedirs(output_dir, exist_ok=True)

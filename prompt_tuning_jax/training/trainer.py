@@ -67,15 +67,13 @@ class Trainer:
     """Holds the split state of a prompted model and its compiled step and predict functions."""
 
     def __init__(self, prompted, optimizer: optax.GradientTransformation, *, objective: str = "lm", mesh=None,
-                 rules=None, accum_steps: int = 1, label_ids=None, label_mask=None):
+                 rules=None, accum_steps: int = 1):
         objectives.check_objective(objective, prompted)
         if accum_steps < 1:
             raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
         self.mesh = mesh if mesh is not None else partitioning.make_mesh()
         self.rules = rules or partitioning.DEFAULT_RULES
         self.objective, self.accum_steps, self.tx = objective, accum_steps, optimizer
-        self.label_ids = None if label_ids is None else np.asarray(label_ids, np.int32)
-        self.label_mask = None if label_mask is None else np.asarray(label_mask, np.int32)
         self.graphdef, trainable, frozen = nnx.split(prompted, Trainable, ...)
         self.replicated = partitioning.replicated(self.mesh)
         self.frozen_shardings = partitioning.state_shardings(frozen, self.mesh, self.rules)
@@ -91,7 +89,7 @@ class Trainer:
                              out_shardings=(self.replicated, self.replicated, self.replicated),
                              donate_argnums=(0, 1))
         self._predict = jax.jit(self._predict_fn, in_shardings=(self.replicated, self.frozen_shardings,
-                                                                self.batch_sharding),
+                                                                self.batch_sharding, self.replicated),
                                 out_shardings=self.replicated)
 
     # --- batches ---------------------------------------------------------------------
@@ -122,23 +120,31 @@ class Trainer:
         return metrics
 
     # --- inference ---------------------------------------------------------------------
-    def _predict_fn(self, trainable, frozen, batch):
+    def _predict_fn(self, trainable, frozen, batch, labels):
         model = nnx.merge(self.graphdef, trainable, frozen)
-        return objectives.predict_classes(model, batch, self.objective, self.label_ids, self.label_mask)
+        return objectives.predict_classes(model, batch, self.objective, *labels)
 
-    def predict(self, local_batch) -> np.ndarray:
-        """Predictions for the whole global batch, on every process: [B_global]."""
+    def predict(self, local_batch, label_ids=None, label_mask=None) -> np.ndarray:
+        """Predictions for the whole global batch, on every process: [B_global].
+
+        label_ids / label_mask [C, L]: the class strings for rank classification (LM objective).
+        """
         from prompt_tuning_jax.training.checkpoint import host_value
 
         self._check_batch(local_batch, accum_steps=1)
-        return host_value(self._predict(self.trainable, self.frozen, self.put_batch(local_batch)))
+        labels = (None, None) if label_ids is None else (np.asarray(label_ids, np.int32),
+                                                          np.asarray(label_mask, np.int32))
+        return host_value(self._predict(self.trainable, self.frozen, self.put_batch(local_batch), labels))
 
-    def evaluate(self, batches, task) -> dict[str, float]:
-        """Runs the task's metrics over an eval iterator (weight-0 padding rows dropped)."""
+    def evaluate(self, batches, task, label_ids=None, label_mask=None) -> dict[str, float]:
+        """Runs the task's metrics over an eval iterator (weight-0 padding rows dropped).
+
+        Without a head, classification is rank classification over `label_ids` / `label_mask` [C, L].
+        """
         preds, index = [], []
         examples = batches.tokenized.examples
         for local in batches:
-            p = self.predict(local)
+            p = self.predict(local, label_ids, label_mask)
             weight = _allgather_host(local["weight"])
             example_index = _allgather_host(local["example_index"])
             keep = weight > 0
