@@ -96,7 +96,14 @@ class HFSource:
         import datasets  # heavy; only when the hub path is used
 
         hf_split = self.split_map.get(split, split)
-        data = datasets.load_dataset(self.path, self.name, split=hf_split)
+        try:
+            data = datasets.load_dataset(self.path, self.name, split=hf_split)
+        except (ConnectionError, OSError, ValueError) as e:
+            raise ValueError(
+                f"could not load {self.path}{'/' + self.name if self.name else ''} split {hf_split!r} from the "
+                f"Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}); without the hub, "
+                "point the task at local files (PTJ_SHARED_DATA, or TASK_OVERRIDES={'data_dir': ..., 'files': ...})"
+            ) from None
         for i, row in enumerate(data):
             if i == 0:
                 _check_fields(row, required, f"{self.path}/{self.name} split {hf_split!r}")
@@ -188,6 +195,28 @@ class FileSource:
 
 
 Formatter = Callable[[Mapping[str, Any], "Task"], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOrHub:
+    """Local files where they exist (e.g. ../shared/data), else the Hugging Face hub, per split."""
+
+    local: FileSource
+    hub: HFSource
+
+    def _pick(self, split: str):
+        try:
+            if self.local.path(split).exists():
+                return self.local
+        except ValueError:  # no local file for this split
+            pass
+        return self.hub
+
+    def path(self, split: str) -> Path:
+        return self.local.path(split)
+
+    def load(self, split: str, required: Sequence[str] = ()) -> Iterator[dict]:
+        return self._pick(split).load(split, required)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -510,7 +539,7 @@ def _builtin(name, prefix, fields, label_names=(), *, kind="classification", hf=
         prefix=prefix,
         hf_source=hf,
         local_source=local,
-        source=local if default_local else hf,
+        source=(LocalOrHub(local, hf) if local is not None and hf is not None else local) if default_local else hf,
         **kwargs,
     )
     return register_task(task, aliases=aliases)
