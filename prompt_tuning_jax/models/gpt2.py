@@ -7,6 +7,11 @@ layout (`Conv1D` weights are [in, out]), so loading is a name join, not a table.
 The prompt wrapper uses only the seam: `embed` (token embeddings, no
 positions), `forward_embeddings` (positions + blocks + final norm on [B, T, H]
 embeddings), `logits` (tied LM head) and `embedding_table`.
+
+Decoding (`decoding.py`) uses a fixed-size KV cache: `init_cache(B, M)` and
+`forward_cached`, which writes the keys and values of T new positions at slot
+`index` and attends over all M slots; shapes never change, so a generation loop
+runs inside one `lax.while_loop`.
 """
 from __future__ import annotations
 
@@ -119,13 +124,30 @@ class Attention(nnx.Module):
             scale /= layer_idx + 1
         self.scale = scale
 
+    def _qkv(self, x: jax.Array):
+        """x [B, T, H] -> q, k, v, each [B, T, N, D]."""
+        b, t, h = x.shape
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        return tuple(y.reshape(b, t, self.n_head, h // self.n_head) for y in (q, k, v))
+
     def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
         """x [B, T, H], bias [B|1, 1, T, T] -> [B, T, H]."""
         b, t, h = x.shape
-        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
-        q, k, v = (y.reshape(b, t, self.n_head, h // self.n_head) for y in (q, k, v))
+        q, k, v = self._qkv(x)
         out = common.attend(q, k, v, bias, self.scale)
         return self.c_proj(out.reshape(b, t, h))
+
+    def cached(self, x: jax.Array, bias: jax.Array, cache, index):
+        """x [B, T, H], bias [B|1, 1, T, M], cache (k, v) [B, M, N, D] -> ([B, T, H], updated cache).
+
+        The new keys and values go to slots index..index+T-1; queries attend over all M slots.
+        """
+        b, t, h = x.shape
+        q, k, v = self._qkv(x)
+        k_all, v_all = (jax.lax.dynamic_update_slice(c, y.astype(c.dtype), (0, index, 0, 0))
+                        for c, y in zip(cache, (k, v)))
+        out = common.attend(q, k_all, v_all, bias, self.scale)
+        return self.c_proj(out.reshape(b, t, h)), (k_all, v_all)
 
 
 class MLP(nnx.Module):
@@ -152,6 +174,11 @@ class Block(nnx.Module):
     def __call__(self, x, bias):
         x = x + self.attn(self.ln_1(x), bias)
         return x + self.mlp(self.ln_2(x))
+
+    def cached(self, x, bias, cache, index):
+        a, cache = self.attn.cached(self.ln_1(x), bias, cache, index)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), cache
 
 
 class GPT2(nnx.Module):
@@ -210,6 +237,32 @@ class GPT2(nnx.Module):
                  position_ids: jax.Array | None = None) -> jax.Array:
         """input_ids [B, T], attention_mask [B, T] (1 = real) -> logits [B, T, V] (float32)."""
         return self.logits(self.forward_embeddings(self.embed(input_ids), attention_mask, position_ids))
+
+    # --- incremental decoding with a KV cache ------------------------------------
+    def init_cache(self, batch: int, max_length: int):
+        """An empty cache: per layer a (k, v) pair of zeros [B, M, N, D] in the compute dtype."""
+        n = self.config.n_head
+        shape = (batch, max_length, n, self.config.n_embd // n)
+        return tuple((jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.h)
+
+    def forward_cached(self, inputs_embeds: jax.Array, cache_mask: jax.Array, position_ids: jax.Array, cache,
+                       index: int | jax.Array):
+        """Runs T new positions against the cache: -> (hidden [B, T, H], updated cache).
+
+        inputs_embeds [B, T, H] sit in cache slots index..index+T-1 (`index` may be
+        traced); cache_mask [B, M] marks the slots holding real tokens (slots after
+        the current position are hidden by the causal mask, whatever their mask);
+        position_ids [B, T] are the positions added to the embeddings. With M = T,
+        index 0 and default positions this equals `forward_embeddings`.
+        """
+        t, m = inputs_embeds.shape[1], cache_mask.shape[1]
+        x = inputs_embeds.astype(self.dtype) + self.wpe(position_ids)
+        bias = common.causal_bias(t, m, offset=index) + common.padding_bias(cache_mask, m)
+        new_cache = []
+        for block, layer_cache in zip(self.h, cache):
+            x, layer_cache = block.cached(x, bias, layer_cache, index)
+            new_cache.append(layer_cache)
+        return self.ln_f(x), tuple(new_cache)
 
     # --- checkpoint names ----------------------------------------------------
     CHECKPOINT_PREFIX = "transformer."

@@ -10,6 +10,11 @@ Differences that matter (all read from config.json):
 
 The prompt wrapper's seam: `embed`, `encode` (on embeddings), `decode`, `logits`,
 `embedding_table`.
+
+Decoding (`decoding.py`) uses `init_cache(encoder_hidden, M)` (a fixed-size
+decoder self-attention cache plus the cross-attention keys and values, computed
+once from the encoder output) and `decode_cached`, which runs new decoder
+positions from slot `index` on.
 """
 from __future__ import annotations
 
@@ -178,16 +183,26 @@ class Attention(nnx.Module):
                 ("relpos_buckets", "relpos_heads"), param_dtype, f * d**-0.5))
         self.num_heads, self.d_kv = config.num_heads, config.d_kv
 
-    def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array) -> jax.Array:
-        """x [B, Tq, d], kv [B, Tk, d], bias [B|1, N|1, Tq, Tk] -> [B, Tq, d]."""
-        split = lambda y: y.reshape(*y.shape[:2], self.num_heads, self.d_kv)
-        out = common.attend(split(self.q(x)), split(self.k(kv)), split(self.v(kv)), bias, scale=1.0)
+    def _heads(self, y: jax.Array) -> jax.Array:
+        return y.reshape(*y.shape[:2], self.num_heads, self.d_kv)
+
+    def project_kv(self, kv: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """kv [B, Tk, d] -> keys and values, each [B, Tk, N, D]."""
+        return self._heads(self.k(kv)), self._heads(self.v(kv))
+
+    def attend_to(self, x: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+        """x [B, Tq, d] attends to projected k, v [B, Tk, N, D]; bias [B|1, N|1, Tq, Tk] -> [B, Tq, d]."""
+        out = common.attend(self._heads(self.q(x)), k, v, bias, scale=1.0)
         return self.o(out.reshape(*out.shape[:2], -1))
 
+    def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array) -> jax.Array:
+        """x [B, Tq, d], kv [B, Tk, d], bias [B|1, N|1, Tq, Tk] -> [B, Tq, d]."""
+        return self.attend_to(x, *self.project_kv(kv), bias)
+
     def position_bias(self, q_len: int, k_len: int, bidirectional: bool, num_buckets: int,
-                      max_distance: int) -> jax.Array:
-        """Learned relative position bias [1, N, Tq, Tk] in float32."""
-        rel = jnp.arange(k_len)[None, :] - jnp.arange(q_len)[:, None]
+                      max_distance: int, q_offset: int | jax.Array = 0) -> jax.Array:
+        """Learned relative position bias [1, N, Tq, Tk] in float32; query i sits at position q_offset + i."""
+        rel = jnp.arange(k_len)[None, :] - (jnp.arange(q_len)[:, None] + q_offset)
         buckets = relative_position_bucket(rel, bidirectional, num_buckets, max_distance)
         values = jnp.take(self.relative_attention_bias["weight"][...], buckets, axis=0)  # [Tq, Tk, N]
         return values.transpose(2, 0, 1)[None].astype(jnp.float32)
@@ -202,6 +217,13 @@ class LayerSelfAttention(nnx.Module):
         h = self.layer_norm(x)
         return x + self.SelfAttention(h, h, bias)
 
+    def cached(self, x, bias, cache, index):
+        """x [B, T, d]; cache (k, v) [B, M, N, D] gets this step's keys and values at slot `index`."""
+        h = self.layer_norm(x)
+        k_all, v_all = (jax.lax.dynamic_update_slice(c, y.astype(c.dtype), (0, index, 0, 0))
+                        for c, y in zip(cache, self.SelfAttention.project_kv(h)))
+        return x + self.SelfAttention.attend_to(h, k_all, v_all, bias), (k_all, v_all)
+
 
 class LayerCrossAttention(nnx.Module):
     def __init__(self, config, *, dtype, param_dtype, rngs):
@@ -210,6 +232,10 @@ class LayerCrossAttention(nnx.Module):
 
     def __call__(self, x, encoder_hidden, bias):
         return x + self.EncDecAttention(self.layer_norm(x), encoder_hidden, bias)
+
+    def cached(self, x, cross_kv, bias):
+        """Cross-attention to keys and values projected once from the encoder output (`init_cache`)."""
+        return x + self.EncDecAttention.attend_to(self.layer_norm(x), *cross_kv, bias)
 
 
 class DenseActDense(nnx.Module):
@@ -269,6 +295,12 @@ class Block(nnx.Module):
             x = self.layer[1](x, encoder_hidden, cross_bias)
         return self.layer[-1](x)
 
+    def cached(self, x, bias, self_kv, cross_kv, cross_bias, index):
+        """Decoder block on new positions: -> (x, updated self-attention cache)."""
+        x, self_kv = self.layer[0].cached(x, bias, self_kv, index)
+        x = self.layer[1].cached(x, cross_kv, cross_bias)
+        return self.layer[-1](x), self_kv
+
 
 class Stack(nnx.Module):
     """T5Stack: blocks and `final_layer_norm`; embeddings come from the shared table."""
@@ -299,6 +331,19 @@ class Stack(nnx.Module):
             else:
                 x = block(x, bias, encoder_hidden, cross_bias)
         return self.final_layer_norm(x)
+
+    def cached(self, x, cache, index, encoder_mask=None):
+        """Decoder only: x [B, T, d] at positions index..index+T-1 -> ([B, T, d], updated cache)."""
+        t, m = x.shape[1], cache["self"][0][0].shape[1]
+        rel = self.block[0].layer[0].SelfAttention
+        bias = rel.position_bias(t, m, False, self.buckets, self.max_distance, q_offset=index)
+        bias = bias + common.causal_bias(t, m, offset=index)
+        cross_bias = common.padding_bias(encoder_mask, cache["cross"][0][0].shape[1])
+        new_self = []
+        for block, self_kv, cross_kv in zip(self.block, cache["self"], cache["cross"]):
+            x, self_kv = block.cached(x, bias, self_kv, cross_kv, cross_bias, index)
+            new_self.append(self_kv)
+        return self.final_layer_norm(x), {"self": tuple(new_self), "cross": cache["cross"]}
 
 
 class T5(nnx.Module):
@@ -348,6 +393,29 @@ class T5(nnx.Module):
         """input_ids [B, S], decoder_input_ids [B, T] -> logits [B, T, V] (float32)."""
         encoded = self.encode(self.embed(input_ids), attention_mask)
         return self.logits(self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask))
+
+    # --- incremental decoding with a KV cache ------------------------------------
+    def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:
+        """Cache for decoding M = max_length decoder positions against encoder_hidden [B, S, d].
+
+        {"self": per layer (k, v) zeros [B, M, N, D], "cross": per layer (k, v) [B, S, N, D]
+        projected from the encoder output}; compute dtype.
+        """
+        b, c = encoder_hidden.shape[0], self.config
+        shape = (b, max_length, c.num_heads, c.d_kv)
+        self_kv = tuple((jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.decoder.block)
+        encoder_hidden = encoder_hidden.astype(self.dtype)
+        cross = tuple(block.layer[1].EncDecAttention.project_kv(encoder_hidden) for block in self.decoder.block)
+        return {"self": self_kv, "cross": cross}
+
+    def decode_cached(self, decoder_input_ids: jax.Array, cache: dict, index: int | jax.Array,
+                      encoder_mask: jax.Array | None = None):
+        """Decoder ids [B, T] at positions index..index+T-1 (`index` may be traced), attending to the
+        cached earlier positions and to the encoder (encoder_mask [B, S]) -> (hidden [B, T, d], cache).
+
+        Same numbers as `decode` on the whole prefix (decoder inputs have no padding here).
+        """
+        return self.decoder.cached(self.embed(decoder_input_ids), cache, index, encoder_mask)
 
     # --- checkpoint names ----------------------------------------------------
     def checkpoint_key(self, path: tuple) -> str:
