@@ -41,12 +41,10 @@ def register_configurables() -> None:
     for fn in (run.ModelSpec, run.PromptSpec, run.train, run.evaluate, optim.make_optimizer,
                demo.demo_checkpoint):
         gin.external_configurable(fn, module="ptj")
-    try:  # TEMP until infer.py lands
-        from prompt_tuning_jax import infer as infer_lib
-        gin.external_configurable(infer_lib.infer, module="ptj")
-        gin.external_configurable(infer_lib.DecodeSpec, module="ptj")
-    except ImportError:
-        pass
+    from prompt_tuning_jax import infer as infer_lib
+
+    gin.external_configurable(infer_lib.infer, module="ptj")
+    gin.external_configurable(infer_lib.DecodeSpec, module="ptj")
     _registered.add("ptj.train")
 
 
