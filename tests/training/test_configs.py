@@ -37,7 +37,9 @@ def build(files, bindings=()):
 
 def test_there_are_configs_of_every_kind():
     assert len(MODELS) >= 25 and len(PROMPTS) == 5 and SIZES
-    assert (CONFIGS / "runs" / "prompt_finetune.gin").exists() and (CONFIGS / "runs" / "prompt_eval.gin").exists()
+    assert {p.name for p in (CONFIGS / "runs").glob("*.gin")} == {"prompt_finetune.gin", "prompt_eval.gin",
+                                                                   "prompt_infer.gin", "demo.gin"}
+    assert len(DECODING) == 3
 
 
 @pytest.mark.parametrize("model_file", MODELS)
@@ -84,14 +86,17 @@ def test_sizes_override_model_defaults_even_with_runs_last(size_file):
         assert accum == 4
 
 
-@pytest.mark.parametrize("run_file", ["runs/prompt_finetune.gin", "runs/prompt_eval.gin"])
+@pytest.mark.parametrize("run_file", ["runs/prompt_finetune.gin", "runs/prompt_eval.gin", "runs/prompt_infer.gin"])
 def test_run_files_bind_every_required_argument(run_file):
     import inspect
 
+    from prompt_tuning_jax import infer
+
     cli.parse_gin(["models/gpt2.gin", "prompts/from_class_labels.gin", run_file], REQUIRED)
     try:
-        fn = run.train if "finetune" in run_file else run.evaluate
-        name = "ptj.train" if "finetune" in run_file else "ptj.evaluate"
+        fn, name = {"runs/prompt_finetune.gin": (run.train, "ptj.train"),
+                    "runs/prompt_eval.gin": (run.evaluate, "ptj.evaluate"),
+                    "runs/prompt_infer.gin": (infer.infer, "ptj.infer")}[run_file]
         required = [p for p, v in inspect.signature(fn).parameters.items() if v.default is inspect.Parameter.empty]
         for param in required:
             gin.query_parameter(f"{name}.{param}")  # raises if unbound
