@@ -62,9 +62,11 @@ def resolve_folder(name_or_path: str | os.PathLike) -> str:
     if _looks_local(name):
         raise CheckpointError(f"checkpoint folder {name} does not exist")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import list_repo_files, snapshot_download
 
-        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+        files = list_repo_files(name)  # fetch one weight format: safetensors when there are any
+        weights = [f for f in files if f.endswith(".safetensors")] or [f for f in files if f.endswith(".bin")]
+        return snapshot_download(name, allow_patterns=["*.json", "*.model", "*.txt", *weights])
     except Exception as e:  # offline, unknown id, gated repo...
         raise CheckpointError(
             f"{name!r} is not a local folder and could not be fetched from the Hugging Face hub "
