@@ -41,9 +41,7 @@ def verbalizer_logits(next_token_logits: jax.Array, label_token_ids) -> jax.Arra
 
 def token_log_likelihood(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
     """Sum of log p(target) over real target positions: logits [B, L, V], targets/mask [B, L] -> [B]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return jnp.sum(picked * mask, axis=-1)
+    return jnp.sum(_target_logprob(logits, targets) * mask, axis=-1)
 
 
 def target_token_logprobs(prompted, input_ids: jax.Array, attention_mask: jax.Array, target_ids: jax.Array,
@@ -74,9 +72,14 @@ def target_token_logprobs(prompted, input_ids: jax.Array, attention_mask: jax.Ar
         # Target token k sits at at+k and is predicted from position at+k-1.
         pos = at[:, None] - 1 + jnp.arange(l)[None, :]
         logits = model.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))  # [R*B, L, V]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, target_ids[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return picked * target_mask
+    return _target_logprob(logits, target_ids) * target_mask
+
+
+def _target_logprob(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """log_softmax(logits)[target] without materialising the [..., V] log-probabilities: [...]."""
+    logits = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def rank_classification(prompted, input_ids: jax.Array, attention_mask: jax.Array, label_ids: jax.Array,

@@ -281,10 +281,10 @@ def fit(trainer: Trainer, batches: Iterator[dict], steps: int, *, model_dir: str
             step = trainer.step
             if step % log_every == 0 or step == steps:
                 sums = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *pending))
-                pending = []
+                n_steps, pending = len(pending), []
                 dt = time.perf_counter() - t0
                 last_train = {"loss": sums["loss_sum"] / max(sums["denominator"], 1e-9),
-                              "grad_norm": float(sums["grad_norm"]) / log_every,
+                              "grad_norm": float(sums["grad_norm"]) / n_steps,
                               "examples_per_s": examples / dt, "tokens_per_s": tokens / dt}
                 if "correct" in sums:
                     last_train["accuracy"] = 100.0 * sums["correct"] / max(sums["examples"], 1e-9)
@@ -295,11 +295,12 @@ def fit(trainer: Trainer, batches: Iterator[dict], steps: int, *, model_dir: str
                 bar.set_postfix(loss=f"{last_train['loss']:.4f}", ex_s=f"{last_train['examples_per_s']:.1f}",
                                 **({k: f"{v:.3f}" for k, v in last_eval.items()} if last_eval else {}))
             bar.update(1)
+            paused = time.perf_counter()  # evaluation and checkpoints do not count against throughput
             if evaluate is not None and eval_every and step % eval_every == 0:
                 last_eval = run_eval()
-                t0 = time.perf_counter()
             if ckpt is not None and checkpoint_every and step % checkpoint_every == 0:
                 ckpt.save(step, trainer.trainable, trainer.opt_state, meta())
+            t0 += time.perf_counter() - paused
             if preemption.requested:
                 preempted = True
                 break
