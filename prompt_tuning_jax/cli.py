@@ -122,12 +122,9 @@ def main(entry: Callable, description: str, argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     # gin logs an error for every search path an `include` is not in; only a real miss matters.
-    logging.getLogger().addFilter(lambda r: not str(r.msg).startswith("Path not found"))
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda r: not str(r.msg).startswith("Path not found"))
     try:
-        import gin
-
         from prompt_tuning_jax.training import distributed
 
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)

@@ -31,7 +31,6 @@ def main(argv=None) -> int:
     parser.add_argument("--text", help="text whose next token to predict")
     args = parser.parse_args(argv)
     try:
-        import jax.numpy as jnp
         import numpy as np
 
         import prompt_tuning_jax as ptj
@@ -48,7 +47,6 @@ def main(argv=None) -> int:
                 logits = model(ids, decoder_input_ids=start)[0, -1]
             top = np.argsort(-np.asarray(logits))[:5]
             print(f"next token after {args.text!r}: " + ", ".join(f"{tok.decode([int(i)])!r}" for i in top))
-            del jnp
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

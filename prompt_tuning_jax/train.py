@@ -5,8 +5,6 @@ import sys
 def _run():
     import gin
 
-    from prompt_tuning_jax import run
-
     summary = gin.get_configurable("ptj.train")()
     best = summary.get("best") or {}
     if summary.get("preempted"):
@@ -19,7 +17,6 @@ def _run():
     if best:
         msg += f"; best {best['metric']} {best['value']:.2f} at step {best['step']}"
     print(msg)
-    del run
 
 
 def console_main():

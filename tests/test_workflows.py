@@ -48,7 +48,7 @@ def test_gpt2_suffix_prompt_and_linear_head_on_sst2(tmp_path):
     assert (out / "plots" / "train_loss.png").stat().st_size > 1000
     assert (out / "plots" / "eval_metrics.png").stat().st_size > 1000
     # The metric really is over the 872 validation sentences: eval the run again, same number.
-    ev = cli("eval", "--gin_file=models/gpt2.gin", "--gin_file=prompts/from_class_labels.gin",
+    cli("eval", "--gin_file=models/gpt2.gin", "--gin_file=prompts/from_class_labels.gin",
              "--gin_file=prompts/linear_head.gin", "--gin_file=runs/prompt_eval.gin",
              f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'", f"--gin.CHECKPOINT_PATH='{out}'",
              f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'", "--gin.MIXTURE_OR_TASK_NAME='sst2'",

@@ -1,6 +1,4 @@
 """Every shipped gin file parses and builds its objects; the order rule holds."""
-import pathlib
-
 import gin
 import pytest
 from conftest import REPO
