@@ -124,6 +124,12 @@ class Trainer:
         model = nnx.merge(self.graphdef, trainable, frozen)
         return objectives.predict_classes(model, batch, self.objective, *labels)
 
+    def _predict_device(self, local_batch, label_ids=None, label_mask=None) -> jax.Array:
+        self._check_batch(local_batch, accum_steps=1)
+        labels = (None, None) if label_ids is None else (np.asarray(label_ids, np.int32),
+                                                          np.asarray(label_mask, np.int32))
+        return self._predict(self.trainable, self.frozen, self.put_batch(local_batch), labels)
+
     def predict(self, local_batch, label_ids=None, label_mask=None) -> np.ndarray:
         """Predictions for the whole global batch, on every process: [B_global].
 
@@ -131,32 +137,31 @@ class Trainer:
         """
         from prompt_tuning_jax.training.checkpoint import host_value
 
-        self._check_batch(local_batch, accum_steps=1)
-        labels = (None, None) if label_ids is None else (np.asarray(label_ids, np.int32),
-                                                          np.asarray(label_mask, np.int32))
-        return host_value(self._predict(self.trainable, self.frozen, self.put_batch(local_batch), labels))
+        return host_value(self._predict_device(local_batch, label_ids, label_mask))
 
     def evaluate(self, batches, task, label_ids=None, label_mask=None) -> dict[str, float]:
         """Runs the task's metrics over an eval iterator (weight-0 padding rows dropped).
 
         Without a head, classification is rank classification over `label_ids` / `label_mask` [C, L].
+        All batches are dispatched before anything is fetched: one host sync per evaluation.
         """
-        preds, index = [], []
+        from prompt_tuning_jax.training.checkpoint import host_value
+
         examples = batches.tokenized.examples
-        for local in batches:
-            p = self.predict(local, label_ids, label_mask)
-            weight = _allgather_host(local["weight"])
-            example_index = _allgather_host(local["example_index"])
-            keep = weight > 0
-            preds.append(p[keep])
-            index.append(example_index[keep])
-        preds, index = np.concatenate(preds), np.concatenate(index)
-        order = np.argsort(index, kind="stable")
-        preds, index = preds[order], index[order]
         if examples is None:
             raise ValueError("the eval iterator's Tokenized has no examples to take targets from")
-        targets = task.metric_targets([examples[i] for i in index])
-        preds = [float(p) if task.kind == "regression" else int(p) for p in preds]
+        preds, weights, indices = [], [], []
+        for local in batches:
+            preds.append(self._predict_device(local, label_ids, label_mask))
+            weights.append(np.asarray(local["weight"]))
+            indices.append(np.asarray(local["example_index"]))
+        preds = np.concatenate([host_value(p) for p in preds])  # [nb * B_global], batch-major
+        weight, index = _allgather_host(np.stack(weights)), _allgather_host(np.stack(indices))
+        keep = weight > 0
+        preds, index = preds[keep], index[keep]
+        order = np.argsort(index, kind="stable")
+        targets = task.metric_targets([examples[i] for i in index[order]])
+        preds = [float(p) if task.kind == "regression" else int(p) for p in preds[order]]
         return task.compute_metrics(targets, preds)
 
     def prompted_model(self):
@@ -171,12 +176,13 @@ class Trainer:
 
 
 def _allgather_host(x: np.ndarray) -> np.ndarray:
-    """Concatenates a per-process numpy array over processes (in process order)."""
+    """[num_batches, B_local] per process -> [num_batches * B_global], in global batch order."""
     if jax.process_count() == 1:
-        return np.asarray(x)
+        return np.asarray(x).reshape(-1)
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(x)))  # [P, nb, B_local]
+    return gathered.transpose(1, 0, 2).reshape(-1)
 
 
 class _closing:
