@@ -90,7 +90,7 @@ def main(argv=None):
     import prompt_tuning_jax as ptj
     from prompt_tuning_jax.data import get_task
     from prompt_tuning_jax.data.pipeline import Prefetch, TrainIterator, measure_throughput, tokenize_task
-    from prompt_tuning_jax.data.tasks import shared_data_dir
+    from prompt_tuning_jax.data.sources import shared_data_dir
     from prompt_tuning_jax.models import init_random, preset
     from prompt_tuning_jax.training.optim import make_optimizer
     from prompt_tuning_jax.training.trainer import Trainer

@@ -18,7 +18,7 @@ SPECIAL = ["<|endoftext|>", "<unk>"]
 
 
 def _vocabulary() -> list[str]:
-    from prompt_tuning_jax.data import demo
+    from prompt_tuning_jax.data import demo_sentiment as demo
 
     words = set()
     for group in (demo.POSITIVE, demo.NEGATIVE, demo.NOUNS, demo.ADVERBS, demo.TEMPLATES):
@@ -78,7 +78,7 @@ def pretrain(model, tokenizer, steps: int = 600, batch_size: int = 64, learning_
     import optax
     from flax import nnx
 
-    from prompt_tuning_jax.data import demo as demo_data
+    from prompt_tuning_jax.data import demo_sentiment as demo_data
 
     sentences = [row["sentence"] for row in demo_data.generate(demo_data.SPLITS["train"], seed=0)]
     ids = tokenizer(sentences)["input_ids"]

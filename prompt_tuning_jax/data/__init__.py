@@ -2,8 +2,15 @@
 
 The data layer never knows the model: tasks produce text and labels, the
 pipeline tokenizes with the model's tokenizer and pads to static shapes.
+
+    sources.py         where rows come from (local files, the Hugging Face hub)
+    formats.py         how a row becomes text (T5 formats, WSC, MultiRC, ReCoRD)
+    tasks.py           `Task`: formatter, verbalizers, metrics of one data set
+    registry.py        the named tasks and `get_task`; importing this package registers them
+    demo_sentiment.py  the synthetic offline sentiment data
+    metrics.py         metric fns; pipeline.py: tokenize, pad, batch, shard
 """
-from prompt_tuning_jax.data import metrics
+from prompt_tuning_jax.data import metrics, registry  # noqa: F401
 from prompt_tuning_jax.data.pipeline import (
     Batcher,
     EvalIterator,
@@ -17,15 +24,9 @@ from prompt_tuning_jax.data.pipeline import (
     tokenize,
     tokenize_task,
 )
-from prompt_tuning_jax.data.tasks import (
-    FileSource,
-    HFSource,
-    Task,
-    get_task,
-    list_tasks,
-    register_task,
-    shared_data_dir,
-)
+from prompt_tuning_jax.data.registry import get_task, list_tasks, register_task
+from prompt_tuning_jax.data.sources import FileSource, HFSource, shared_data_dir
+from prompt_tuning_jax.data.tasks import Task
 
 __all__ = [
     "Batcher", "EvalIterator", "FileSource", "HFSource", "Prefetch", "Task", "Tokenized",

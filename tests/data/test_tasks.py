@@ -4,10 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from prompt_tuning_jax.data import metrics, tasks
-from prompt_tuning_jax.data.tasks import FileSource, Task, get_task, list_tasks, register_task
+from prompt_tuning_jax.data import metrics, registry
+from prompt_tuning_jax.data.formats import fields_formatter
+from prompt_tuning_jax.data.registry import UnknownTaskError, get_task, list_tasks, register_task
+from prompt_tuning_jax.data.sources import MissingColumnError, shared_data_dir
+from prompt_tuning_jax.data.tasks import Task
 
-SHARED = tasks.shared_data_dir()
+SHARED = shared_data_dir()
 needs_shared = pytest.mark.skipif(not (SHARED / "sst2").is_dir(),
                                   reason=f"shared data folder {SHARED} absent (set PTJ_SHARED_DATA)")
 
@@ -24,7 +27,7 @@ def test_registry_has_glue_superglue_and_more():
 
 
 def test_unknown_task_lists_close_matches():
-    with pytest.raises(tasks.UnknownTaskError) as info:
+    with pytest.raises(UnknownTaskError) as info:
         get_task("sst_2")
     assert "'sst2'" in str(info.value) and "unknown task 'sst_2'" in str(info.value)
     with pytest.raises(TypeError, match="label_nmes"):
@@ -32,18 +35,18 @@ def test_unknown_task_lists_close_matches():
 
 
 def test_register_refuses_duplicates_and_validates():
-    task = Task("tmp_task", "classification", tasks.fields_formatter("x"), ("x",), ("a", "b"))
+    task = Task("tmp_task", "classification", fields_formatter("x"), ("x",), ("a", "b"))
     register_task(task)
     try:
         with pytest.raises(ValueError, match="already registered"):
             register_task(task)
         assert get_task("tmp_task") is task
     finally:
-        tasks._REGISTRY.pop("tmp_task")
+        registry._REGISTRY.pop("tmp_task")
     with pytest.raises(ValueError, match="label_names"):
-        Task("bad", "classification", tasks.fields_formatter("x"), ("x",))
+        Task("bad", "classification", fields_formatter("x"), ("x",))
     with pytest.raises(ValueError, match="kind"):
-        Task("bad", "ranking", tasks.fields_formatter("x"), ("x",), ("a",))
+        Task("bad", "ranking", fields_formatter("x"), ("x",), ("a",))
     with pytest.raises(ValueError, match="2 classes"):
         get_task("sst2", label_names=("a", "b", "c"))
 
@@ -166,7 +169,7 @@ def test_file_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.tsv"):
         get_task("sst2", data_dir=str(tmp_path), files={"train": "nope.tsv"}).load("train")
     _write(tmp_path / "t.tsv", "text\tlabel\nhi\t1\n")
-    with pytest.raises(tasks.MissingColumnError, match=r"\['sentence'\].*\['label', 'text'\]"):
+    with pytest.raises(MissingColumnError, match=r"\['sentence'\].*\['label', 'text'\]"):
         get_task("sst2", data_dir=str(tmp_path), files={"train": "t.tsv"}).load("train")
     _write(tmp_path / "r.tsv", "sentence1\tsentence2\tlabel\na\tb\tentails\n")
     with pytest.raises(ValueError, match=r"r.tsv.*'entails'.*\['entailment', 'not_entailment'\]"):

@@ -6,8 +6,10 @@ A sentence's polarity is that of its adjectives (all adjectives in one
 sentence share it), so a tiny model can learn it in a few hundred steps.
 The same `seed` always gives the same splits; no sentence appears in two splits.
 
-    task = get_task("demo_sentiment")
-    task.load("train")   # 4,000 examples; "validation" and "test": 500 each
+    rows = generate(100, seed=0)          # [{"sentence": str, "label": 0 | 1}, ...]
+    DemoSource().load("train")            # 4,000 rows; "validation" and "test": 500 each
+    task = get_task("demo_sentiment")     # the Task over DemoSource, see `registry.py`
+    task.load("train")                    # "sentiment sentence: ..." -> "negative" | "positive"
 """
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from prompt_tuning_jax.data import metrics
-from prompt_tuning_jax.data.tasks import Task, _check_fields, fields_formatter, register_task
+from prompt_tuning_jax.data.sources import check_fields
 
 POSITIVE = (
     "wonderful", "brilliant", "charming", "delightful", "moving", "superb", "fresh", "funny",
@@ -84,19 +85,7 @@ class DemoSource:
             if name == split:
                 for i, row in enumerate(rows[start:start + size]):
                     if i == 0:
-                        _check_fields(row, required, "demo_sentiment")
+                        check_fields(row, required, "demo_sentiment")
                     yield row
                 return
             start += size
-
-
-register_task(Task(
-    name="demo_sentiment",
-    kind="classification",
-    formatter=fields_formatter("sentence"),
-    fields=("sentence",),
-    label_names=("negative", "positive"),
-    metric_fns=(metrics.accuracy,),
-    prefix="sentiment",
-    source=DemoSource(),
-))
