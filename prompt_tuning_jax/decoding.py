@@ -4,18 +4,19 @@
     tokens = DecodeSpec(method="beam", num_beams=4, max_new_tokens=16).generate(prompted, ids, mask, eos_id)
 
 `prompted` is a `PromptedModel` (the prompt is put into the embedded input, so
-the prefill includes it) or a bare GPT-2 / T5. The whole loop runs under
+the prefill includes it) or a bare model. The model's `start_decode` (its seam,
+`models/base.py`) does the prefill and gives the per-token step; this module
+only chooses tokens. The whole loop runs under
 `jax.jit` as a `lax.while_loop` over fixed-size caches: one compilation per
 batch shape and decoding setting, no Python work per token, and it stops early
 once every row has produced `eos_id`. Output: new tokens only, [B, max_new_tokens]
 int32, `pad_id` (default `eos_id`) after each row's EOS.
 
-- GPT-2: the prompted sequence is left-aligned (pads first, one vectorised
-  gather), with position ids cumsum(mask) - 1 as Hugging Face's `generate`
-  uses, so generation continues right after each row's last real position,
-  whatever the padding side or prompt placement.
-- T5: the encoder runs once; the decoder starts from `decoder_start_token_id`;
-  cross-attention keys and values are computed once.
+- GPT-2 left-aligns the prompted sequence and takes positions from the mask,
+  so generation continues right after each row's last real position, whatever
+  the padding side or prompt placement.
+- T5 runs the encoder once, starts the decoder from `decoder_start_token_id`
+  and projects the cross-attention keys and values once.
 - greedy: argmax. sample: temperature, then top-k, then top-p (nucleus), as
   Hugging Face applies them; `seed` makes it deterministic.
 - beam: Hugging Face's beam search (transformers >= 4.50, `do_sample=False`):
@@ -94,53 +95,10 @@ def _generate(graphdef, state, input_ids, mask, task_index, rng, opts: _Options)
         model = prompted.model
     else:
         model, embeds = prompted, prompted.embed(input_ids)
-    start = _start_t5 if model.config.model_type == "t5" else _start_gpt2
-    logits, cache, step = start(model, embeds, mask, opts.max_new_tokens)
+    logits, cache, step = model.start_decode(embeds, mask, opts.max_new_tokens)
     if opts.method == "beam":
         return _beam_search(logits, cache, step, opts)
     return _sample_loop(logits, cache, step, rng, opts)
-
-
-# --------------------------------------------------------------------------- model start-up
-
-
-def _start_gpt2(model, embeds, mask, max_new):
-    """Prefill of [B, S, H] embeddings -> (next-token logits [B, V], cache, step).
-
-    step(cache, tokens [B], t) feeds generated token t and returns the logits after it.
-    """
-    b, s, _ = embeds.shape
-    if s + max_new > model.config.n_positions:
-        raise ValueError(f"{s} input positions + max_new_tokens {max_new} exceed GPT-2's n_positions "
-                         f"{model.config.n_positions}")
-    order = jnp.argsort(mask > 0, axis=1, stable=True)  # pads first, real tokens in order: left-aligned
-    embeds = jnp.take_along_axis(embeds, order[..., None], axis=1)
-    mask = jnp.take_along_axis(mask, order, axis=1)
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    cache_mask = jnp.concatenate([mask, jnp.ones((b, max_new), mask.dtype)], axis=1)  # [B, S + N]
-    hidden, cache = model.forward_cached(embeds, cache_mask, positions, model.init_cache(b, s + max_new), 0)
-    next_position = positions[:, -1] + 1  # [B]
-
-    def step(cache, tokens, t):
-        h, cache = model.forward_cached(model.embed(tokens[:, None]), cache_mask, (next_position + t)[:, None],
-                                        cache, s + t)
-        return model.logits(h[:, 0]), cache
-
-    return model.logits(hidden[:, -1]), cache, step
-
-
-def _start_t5(model, embeds, mask, max_new):
-    """Encoder + first decoder step -> (logits [B, V], self-attention cache, step)."""
-    cache = model.init_cache(model.encode(embeds, mask), max_new + 1)
-    cross = cache["cross"]
-
-    def step(self_cache, tokens, t):  # generated token t sits at decoder position t + 1
-        h, c = model.decode_cached(tokens[:, None], {"self": self_cache, "cross": cross}, t + 1, mask)
-        return model.logits(h[:, 0]), c["self"]
-
-    start = jnp.full((embeds.shape[0], 1), model.config.decoder_start_token_id, jnp.int32)
-    h, cache = model.decode_cached(start, cache, 0, mask)
-    return model.logits(h[:, 0]), cache["self"], step
 
 
 # --------------------------------------------------------------------------- greedy and sampling

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prompt_tuning_jax.prompts import combine
 from prompt_tuning_jax.variables import Trainable
 
 
@@ -50,28 +49,14 @@ def target_token_logprobs(prompted, input_ids: jax.Array, attention_mask: jax.Ar
 
     input_ids / attention_mask [B, T]; target_ids / target_mask [R*B, L], R >= 1
     targets per example in example-major order (rank classification passes R = C).
-    GPT-2: the targets follow the prompted input (right after its last real
-    position, so after a suffix prompt too) and are teacher-forced.
-    T5: the encoder runs once per example, the decoder once per target.
+    How targets are placed is the model's business (`target_logits`): GPT-2
+    continues the prompted input with them, T5 decodes them.
     """
-    b, rb, l = input_ids.shape[0], target_ids.shape[0], target_ids.shape[1]
+    b, rb = input_ids.shape[0], target_ids.shape[0]
     if rb % b:
         raise ValueError(f"{rb} targets do not divide evenly among {b} inputs")
-    rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
     embeds, mask = prompted.embed_inputs(input_ids, attention_mask, task_index)  # [B, S, H], [B, S]
-    model = prompted.model
-    if model.config.model_type == "t5":
-        encoded = model.encode(embeds, mask)
-        start = jnp.full((rb, 1), model.config.decoder_start_token_id, target_ids.dtype)
-        dec_in = jnp.concatenate([start, target_ids[:, :-1]], axis=1)
-        logits = model.logits(model.decode(dec_in, rep(encoded), rep(mask), target_mask))  # [R*B, L, V]
-    else:
-        at = rep(combine.last_real(mask) + 1)  # [R*B] where the first target token goes
-        full, full_mask, _ = combine.insert(rep(embeds), rep(mask), model.embed(target_ids), at)
-        hidden = model.forward_embeddings(full, full_mask)  # [R*B, S+L, H]
-        # Target token k sits at at+k and is predicted from position at+k-1.
-        pos = at[:, None] - 1 + jnp.arange(l)[None, :]
-        logits = model.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))  # [R*B, L, V]
+    logits = prompted.model.target_logits(embeds, mask, target_ids, target_mask)  # [R*B, L, V]
     return _target_logprob(logits, target_ids) * target_mask
 
 

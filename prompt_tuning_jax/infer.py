@@ -49,7 +49,7 @@ def infer(model, prompt, checkpoint_path: str | None, output_dir: str, task: str
 
     from prompt_tuning_jax import run
     from prompt_tuning_jax.data import EvalIterator, get_task, pipeline
-    from prompt_tuning_jax.training import partitioning
+    from prompt_tuning_jax import partitioning
     from prompt_tuning_jax.variables import Trainable
 
     lengths = dict(DEFAULT_LENGTHS if feature_lengths is None else feature_lengths)

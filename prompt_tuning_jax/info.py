@@ -10,18 +10,23 @@ import sys
 
 
 def describe(model) -> str:
+    """'gpt2: 12 layers, hidden 768, ...; 124,439,808 parameters'."""
     import jax
     from flax import nnx
 
-    cfg = model.config
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    if cfg.model_type == "gpt2":
-        shape = f"{cfg.n_layer} layers, hidden {cfg.n_embd}, {cfg.n_head} heads, vocab {cfg.vocab_size}"
-    else:
-        kind = "v1.1-style (gated, untied)" if not cfg.tie_word_embeddings else "v1.0-style (tied, rescaled)"
-        shape = (f"{cfg.num_layers}+{cfg.n_decoder_layers} layers, d_model {cfg.d_model}, {cfg.num_heads} heads "
-                 f"x {cfg.d_kv}, d_ff {cfg.d_ff} ({cfg.feed_forward_proj}), vocab {cfg.vocab_size}, {kind}")
-    return f"{cfg.model_type}: {shape}; {n:,} parameters"
+    return f"{model.config.model_type}: {model.config.describe()}; {n:,} parameters"
+
+
+def next_tokens(model, tokenizer, text: str, k: int = 5) -> list[str]:
+    """The model's k most likely next tokens after `text`, read where the seam says the prediction is."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    ids = jnp.asarray([tokenizer(text)["input_ids"]], jnp.int32)
+    hidden, mask = model.activations(model.embed(ids), jnp.ones_like(ids))
+    logits = model.logits(hidden[0, int(mask[0].sum()) - 1])
+    return [tokenizer.decode([int(i)]) for i in np.argsort(-np.asarray(logits))[:k]]
 
 
 def main(argv=None) -> int:
@@ -31,22 +36,14 @@ def main(argv=None) -> int:
     parser.add_argument("--text", help="text whose next token to predict")
     args = parser.parse_args(argv)
     try:
-        import numpy as np
-
         import prompt_tuning_jax as ptj
 
         model = ptj.from_pretrained(args.model)
         print(describe(model))
         if args.text:
             tok = ptj.load_tokenizer(args.tokenizer or args.model)
-            ids = np.asarray([tok(args.text)["input_ids"]], np.int32)
-            if model.config.model_type == "gpt2":
-                logits = model(ids)[0, -1]
-            else:
-                start = np.full((1, 1), model.config.decoder_start_token_id, np.int32)
-                logits = model(ids, decoder_input_ids=start)[0, -1]
-            top = np.argsort(-np.asarray(logits))[:5]
-            print(f"next token after {args.text!r}: " + ", ".join(f"{tok.decode([int(i)])!r}" for i in top))
+            top = next_tokens(model, tok, args.text)
+            print(f"next token after {args.text!r}: " + ", ".join(repr(t) for t in top))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

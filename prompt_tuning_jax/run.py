@@ -178,7 +178,8 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, task: str | Sequ
     Returns fit()'s summary plus the paths written.
     """
     from prompt_tuning_jax.data import EvalIterator, TrainIterator, get_task
-    from prompt_tuning_jax.training import optim, partitioning, trainer as trainer_lib
+    from prompt_tuning_jax import partitioning
+    from prompt_tuning_jax.training import optim, trainer as trainer_lib
 
     _check_lengths(feature_lengths)
     names = [task] if isinstance(task, str) else list(task)
@@ -234,7 +235,8 @@ def evaluate(model: ModelSpec, prompt: PromptSpec, task: str, feature_lengths: d
     strings. Writes `<output_dir>/metrics.json` (and predictions) when given.
     """
     from prompt_tuning_jax.data import EvalIterator, get_task
-    from prompt_tuning_jax.training import optim, partitioning, trainer as trainer_lib
+    from prompt_tuning_jax import partitioning
+    from prompt_tuning_jax.training import optim, trainer as trainer_lib
 
     _check_lengths(feature_lengths)
     task_obj = get_task(task, **dict(task_overrides or {}))

@@ -1,8 +1,12 @@
-"""Small pieces shared by the model files: parameters with logical axes, masks, norms.
+"""Small pieces shared by the model files: parameters with logical axes, masks, norms, ragged rows.
 
 Every parameter is an `nnx.Param` whose metadata `axes` names its logical axes
-(`vocab`, `embed`, `heads`, `mlp`, ...). `training/partitioning.py` maps those
+(`vocab`, `embed`, `heads`, `mlp`, ...). `prompt_tuning_jax/partitioning.py` maps those
 names to mesh axes; the model files never mention a mesh.
+
+Rows are ragged inside padded [B, T] arrays: a row's real tokens are where its
+attention mask is 1, on either side of the padding. `first_real`, `last_real`,
+`insert` and `remove` work from the mask alone.
 """
 from __future__ import annotations
 
@@ -92,3 +96,48 @@ def activation(name: str):
         return ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+# --- ragged rows in padded arrays (lengths always come from the mask) -------------
+
+def first_real(mask: jax.Array) -> jax.Array:
+    """[B, T] 0/1 -> [B] index of the first real token (0 for an all-pad row)."""
+    return jnp.argmax(mask > 0, axis=-1).astype(jnp.int32)
+
+
+def last_real(mask: jax.Array) -> jax.Array:
+    """[B, T] 0/1 -> [B] index of the last real token (-1 for an all-pad row)."""
+    t = mask.shape[-1]
+    return (t - 1 - jnp.argmax(jnp.flip(mask > 0, axis=-1), axis=-1)
+            - jnp.where(jnp.any(mask > 0, axis=-1), 0, t)).astype(jnp.int32)
+
+
+def insert(embeds: jax.Array, mask: jax.Array, block: jax.Array, at: jax.Array):
+    """Inserts `block` (a prompt, or target tokens) into each row of `embeds` at `at[b]`; one gather.
+
+    embeds [B, T, H], mask [B, T], block [P, H] or [B, P, H] (one per row:
+    multi-task prompts), at [B] ->
+    (embeds [B, T+P, H], mask [B, T+P] with the block real, source [B, T] the new
+    position of each original token).
+    """
+    b, t, h = embeds.shape
+    if block.ndim == 2:
+        block = jnp.broadcast_to(block[None], (b, *block.shape))
+    p = block.shape[1]
+    j = jnp.arange(t + p)[None, :]  # output positions [1, T+P]
+    at = at[:, None]
+    in_prompt = (j >= at) & (j < at + p)
+    # Index into concat([embeds, prompt]) along the sequence axis: [B, T+P].
+    src = jnp.where(j < at, j, jnp.where(in_prompt, t + j - at, j - p))
+    both = jnp.concatenate([embeds, block.astype(embeds.dtype)], axis=1)
+    out = jnp.take_along_axis(both, src[..., None], axis=1)
+    out_mask = jnp.where(in_prompt, 1, jnp.take_along_axis(mask, jnp.clip(src, 0, t - 1), axis=1))
+    tokens = jnp.arange(t)[None, :]
+    source = jnp.where(tokens < at, tokens, tokens + p).astype(jnp.int32)
+    return out, out_mask.astype(mask.dtype), source
+
+
+def remove(x: jax.Array, source: jax.Array) -> jax.Array:
+    """Gathers per-token values back to the input order: x [B, T+P, ...], source [B, T] -> [B, T, ...]."""
+    idx = source.reshape(*source.shape, *([1] * (x.ndim - 2)))
+    return jnp.take_along_axis(x, idx, axis=1)

@@ -4,14 +4,16 @@ Module and parameter names mirror the Hugging Face checkpoint
 (`transformer.h.0.attn.c_attn.weight`, ...), and weights keep the checkpoint's
 layout (`Conv1D` weights are [in, out]), so loading is a name join, not a table.
 
-The prompt wrapper uses only the seam: `embed` (token embeddings, no
-positions), `forward_embeddings` (positions + blocks + final norm on [B, T, H]
-embeddings), `logits` (tied LM head) and `embedding_table`.
+`GPT2` implements the library's seam (`models/base.py`): `embed` (token
+embeddings, no positions), `activations` (positions + blocks + final norm on
+[B, T, H] embeddings), `logits` (tied LM head), `target_logits` (targets placed
+right after each row's last real position), `start_decode` and
+`embedding_table`.
 
-Decoding (`decoding.py`) uses a fixed-size KV cache: `init_cache(B, M)` and
-`forward_cached`, which writes the keys and values of T new positions at slot
-`index` and attends over all M slots; shapes never change, so a generation loop
-runs inside one `lax.while_loop`.
+Decoding uses a fixed-size KV cache: `init_cache(B, M)` and `forward_cached`,
+which writes the keys and values of T new positions at slot `index` and attends
+over all M slots; shapes never change, so a generation loop runs inside one
+`lax.while_loop`.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prompt_tuning_jax.models import common
+from prompt_tuning_jax.models import base, common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +56,12 @@ class GPT2Config:
         return self.n_inner or 4 * self.n_embd
 
     @classmethod
-    def from_hf(cls, config: dict[str, Any]) -> "GPT2Config":
+    def from_hf(cls, config: dict[str, Any], tensor_names=None) -> "GPT2Config":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in config.items() if k in names})
+
+    def describe(self) -> str:
+        return f"{self.n_layer} layers, hidden {self.n_embd}, {self.n_head} heads, vocab {self.vocab_size}"
 
     def to_hf(self) -> dict[str, Any]:
         return {
@@ -200,7 +205,9 @@ class GPT2(nnx.Module):
         self.h = nnx.List([Block(config, i, **kw) for i in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon, param_dtype=param_dtype)
 
-    # --- the seam used by the prompt wrapper -------------------------------
+    # --- the seam (models/base.py) ---------------------------------------------
+    target_prefix = " "  # targets continue the input text
+
     @property
     def embedding_table(self) -> jax.Array:
         """The token embedding table [V, H] (also the LM head)."""
@@ -232,6 +239,52 @@ class GPT2(nnx.Module):
         """Tied LM head: [..., H] -> [..., V] in float32."""
         w = self.wte.weight[...].astype(self.dtype)
         return jnp.einsum("...h,vh->...v", hidden, w, preferred_element_type=jnp.float32)
+
+    def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None):
+        """[B, S, H] embeddings -> (hidden [B, S, H], mask [B, S]): the prediction follows the last real input."""
+        return self.forward_embeddings(inputs_embeds, attention_mask), attention_mask
+
+    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask):
+        """Targets [R*B, L] teacher-forced right after each input's last real position -> logits [R*B, L, V].
+
+        The target block counts as real whatever `target_mask` says: padded target
+        positions come after the real ones, so no real target attends to them.
+        """
+        b, (rb, length) = inputs_embeds.shape[0], target_ids.shape
+        rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
+        at = rep(common.last_real(attention_mask) + 1)  # [R*B] where the first target token goes
+        full, full_mask, _ = common.insert(rep(inputs_embeds), rep(attention_mask), self.embed(target_ids), at)
+        hidden = self.forward_embeddings(full, full_mask)  # [R*B, S+L, H]
+        # Target token l sits at at+l and is predicted from position at+l-1.
+        pos = at[:, None] - 1 + jnp.arange(length)[None, :]
+        return self.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
+
+    def start_decode(self, inputs_embeds, attention_mask, max_new_tokens: int):
+        """Prefill of [B, S, H] embeddings -> (next-token logits [B, V], cache, step).
+
+        The sequence is left-aligned first (pads, then real tokens, one gather) and
+        positions are cumsum(mask) - 1, as Hugging Face's `generate` does, so
+        generation continues right after each row's last real position whatever
+        the padding side or prompt placement.
+        """
+        b, s, _ = inputs_embeds.shape
+        if s + max_new_tokens > self.config.n_positions:
+            raise ValueError(f"{s} input positions + max_new_tokens {max_new_tokens} exceed GPT-2's n_positions "
+                             f"{self.config.n_positions}")
+        order = jnp.argsort(attention_mask > 0, axis=1, stable=True)  # pads first, real tokens in order
+        embeds = jnp.take_along_axis(inputs_embeds, order[..., None], axis=1)
+        mask = jnp.take_along_axis(attention_mask, order, axis=1)
+        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        cache_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), mask.dtype)], axis=1)  # [B, S + N]
+        hidden, cache = self.forward_cached(embeds, cache_mask, positions, self.init_cache(b, s + max_new_tokens), 0)
+        next_position = positions[:, -1] + 1  # [B]
+
+        def step(cache, tokens, t):
+            h, cache = self.forward_cached(self.embed(tokens[:, None]), cache_mask, (next_position + t)[:, None],
+                                           cache, s + t)
+            return self.logits(h[:, 0]), cache
+
+        return self.logits(hidden[:, -1]), cache, step
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  position_ids: jax.Array | None = None) -> jax.Array:
@@ -270,3 +323,6 @@ class GPT2(nnx.Module):
     def checkpoint_key(self, path: tuple) -> str:
         """Our state path ('h', 0, 'attn', 'c_attn', 'weight') -> the HF tensor name."""
         return self.CHECKPOINT_PREFIX + ".".join(str(p) for p in path)
+
+
+base.register_family("gpt2", GPT2Config, GPT2)

@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
-from typing import Any, Callable
+from typing import Any, BinaryIO
 
 import jax
 import jax.numpy as jnp
@@ -25,17 +24,14 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from prompt_tuning_jax.models import gpt2, t5
+from prompt_tuning_jax import partitioning
+from prompt_tuning_jax.files import atomic_write
+from prompt_tuning_jax.models import base
 
 
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded; the message names the file or tensor and the fix."""
 
-
-FAMILIES = {"gpt2": (gpt2.GPT2Config, gpt2.GPT2), "t5": (t5.T5Config, t5.T5)}
-
-# Tensors in real checkpoints that are buffers or duplicates of tied weights, not parameters.
-IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -84,9 +80,9 @@ def read_config(folder: str) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
     model_type = config.get("model_type")
-    if model_type not in FAMILIES:
+    if model_type not in base.FAMILIES:
         raise CheckpointError(
-            f"{path} has model_type {model_type!r}; prompt_tuning_jax supports {sorted(FAMILIES)} "
+            f"{path} has model_type {model_type!r}; prompt_tuning_jax supports {sorted(base.FAMILIES)} "
             "(GPT-2 and T5 / T5 v1.1 / Flan-T5 checkpoints)")
     return config
 
@@ -210,11 +206,9 @@ def _lookup(ckpt: Checkpoint, key: str, prefix: str) -> str | None:
 
 def config_from_folder(folder: str, ckpt: Checkpoint | None = None):
     raw = read_config(folder)
-    config_cls, _ = FAMILIES[raw["model_type"]]
+    config_cls, _ = base.family(raw["model_type"])
     try:
-        if config_cls is t5.T5Config:
-            return config_cls.from_hf(raw, has_lm_head=None if ckpt is None else "lm_head.weight" in ckpt)
-        return config_cls.from_hf(raw)
+        return config_cls.from_hf(raw, tensor_names=None if ckpt is None else set(ckpt.keys()))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{os.path.join(folder, 'config.json')}: {e}") from None
 
@@ -225,16 +219,14 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
 
     `dtype` is the compute dtype, `param_dtype` the storage dtype of the frozen
     weights. With a `mesh`, each weight is placed by its logical axes
-    (`training.partitioning.DEFAULT_RULES` unless `rules` is given); each process
+    (`partitioning.DEFAULT_RULES` unless `rules` is given); each process
     reads only the slices its devices hold.
     """
-    from prompt_tuning_jax.training import partitioning
-
     folder = resolve_folder(name_or_path)
     read_config(folder)  # fail on a wrong model type before opening weights
     ckpt = Checkpoint(folder)
     config = config_from_folder(folder, ckpt)
-    _, model_cls = FAMILIES[config.model_type]
+    _, model_cls = base.family(config.model_type)
     abstract = nnx.eval_shape(lambda: model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat,
                                                 rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
@@ -265,14 +257,19 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
 
 
 def init_random(config, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0, remat: bool = False):
-    """A randomly initialised model for `config` (a GPT2Config or T5Config)."""
-    _, model_cls = FAMILIES[config.model_type]
+    """A randomly initialised model for `config` (a GPT2Config, a T5Config or a registered family's)."""
+    _, model_cls = base.family(config.model_type)
     return model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(seed))
 
 
 # --- writing a checkpoint --------------------------------------------------------
 
-def _write_safetensors(path: str, tensors: dict[str, np.ndarray]):
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
+    """Writes `tensors` as a .safetensors file, atomically."""
+    atomic_write(path, lambda f: _write_safetensors(f, tensors))
+
+
+def _write_safetensors(f: BinaryIO, tensors: dict[str, np.ndarray]):
     header, offset, blobs = {}, 0, []
     for key, array in tensors.items():
         array = np.ascontiguousarray(array)
@@ -284,11 +281,10 @@ def _write_safetensors(path: str, tensors: dict[str, np.ndarray]):
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for blob in blobs:
-            f.write(blob)
+    f.write(struct.pack("<Q", len(raw)))
+    f.write(raw)
+    for blob in blobs:
+        f.write(blob)
 
 
 def save_pretrained(model, folder: str | os.PathLike):
@@ -304,18 +300,5 @@ def save_pretrained(model, folder: str | os.PathLike):
         array = np.asarray(jax.device_get(variable[...]))
         tensors[model.checkpoint_key(path)] = array
     config = model.config.to_hf()  # tied copies (lm_head, embed_tokens) are left to transformers
-    _atomic_write(os.path.join(folder, "model.safetensors"), lambda p: _write_safetensors(p, tensors))
-    _atomic_write(os.path.join(folder, "config.json"),
-                  lambda p: open(p, "w", encoding="utf-8").write(json.dumps(config, indent=2, sort_keys=True)))
-
-
-def _atomic_write(path: str, write: Callable[[str], Any]):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+    atomic_write(os.path.join(folder, "config.json"), json.dumps(config, indent=2, sort_keys=True))

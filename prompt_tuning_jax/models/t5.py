@@ -8,13 +8,15 @@ Differences that matter (all read from config.json):
 - v1.1 / lm-adapt / Flan: gated-GELU MLP (`wi_0`, `wi_1`, `wo`), untied `lm_head`, no rescale.
 - No 1/sqrt(d) attention scaling; relative position bias from layer 0 shared by the stack.
 
-The prompt wrapper's seam: `embed`, `encode` (on embeddings), `decode`, `logits`,
-`embedding_table`.
+`T5` implements the library's seam (`models/base.py`): `embed`, `activations`
+(the encoder on embeddings, then the decoder), `logits`, `target_logits` (the
+encoder once per input, the decoder once per target), `start_decode` and
+`embedding_table`; `encode` and `decode` are the two halves.
 
-Decoding (`decoding.py`) uses `init_cache(encoder_hidden, M)` (a fixed-size
-decoder self-attention cache plus the cross-attention keys and values, computed
-once from the encoder output) and `decode_cached`, which runs new decoder
-positions from slot `index` on.
+Decoding uses `init_cache(encoder_hidden, M)` (a fixed-size decoder
+self-attention cache plus the cross-attention keys and values, computed once
+from the encoder output) and `decode_cached`, which runs new decoder positions
+from slot `index` on.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prompt_tuning_jax.models import common
+from prompt_tuning_jax.models import base, common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,19 +83,25 @@ class T5Config:
         return "gelu_new" if self.feed_forward_proj == "gated-gelu" else name
 
     @classmethod
-    def from_hf(cls, config: dict[str, Any], has_lm_head: bool | None = None) -> "T5Config":
+    def from_hf(cls, config: dict[str, Any], tensor_names=None) -> "T5Config":
         """Reads both config styles (see module docstring of `models/hf.py`).
 
         Old style (hub): `tie_word_embeddings: false` marks v1.1 (untied, no rescale).
         transformers 5 style: `tie_word_embeddings: true` + `scale_decoder_outputs`;
-        the head is untied exactly when the checkpoint holds `lm_head.weight`.
+        the head is untied exactly when the checkpoint (`tensor_names`) holds `lm_head.weight`.
         """
+        has_lm_head = None if tensor_names is None else "lm_head.weight" in tensor_names
         names = {f.name for f in dataclasses.fields(cls)} - {"tie_word_embeddings", "scale_decoder_outputs"}
         kwargs = {k: v for k, v in config.items() if k in names and v is not None}
         tie_flag = config.get("tie_word_embeddings", True)
         scale = config.get("scale_decoder_outputs", tie_flag is not False)
         tie = (not has_lm_head) if has_lm_head is not None else tie_flag is not False
         return cls(**kwargs, tie_word_embeddings=bool(tie), scale_decoder_outputs=bool(scale))
+
+    def describe(self) -> str:
+        kind = "v1.1-style (gated, untied)" if not self.tie_word_embeddings else "v1.0-style (tied, rescaled)"
+        return (f"{self.num_layers}+{self.n_decoder_layers} layers, d_model {self.d_model}, {self.num_heads} heads "
+                f"x {self.d_kv}, d_ff {self.d_ff} ({self.feed_forward_proj}), vocab {self.vocab_size}, {kind}")
 
     def to_hf(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -362,7 +370,9 @@ class T5(nnx.Module):
             self.lm_head = Linear(config.d_model, config.vocab_size, ("vocab", "embed"), dtype=dtype,
                                   param_dtype=param_dtype, stddev=config.initializer_factor, rngs=rngs)
 
-    # --- the seam used by the prompt wrapper -------------------------------
+    # --- the seam (models/base.py) ---------------------------------------------
+    target_prefix = ""  # the decoder starts targets afresh
+
     @property
     def embedding_table(self) -> jax.Array:
         """The shared token embedding table [V, d]."""
@@ -387,6 +397,41 @@ class T5(nnx.Module):
             hidden = hidden * self.config.d_model**-0.5
         w = self.embedding_table if self.config.tie_word_embeddings else self.lm_head.weight[...]
         return jnp.einsum("...d,vd->...v", hidden, w.astype(self.dtype), preferred_element_type=jnp.float32)
+
+    def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None):
+        """Encoder on [B, S, d] embeddings, then the decoder -> (decoder hidden [B, T, d], mask [B, T]).
+
+        decoder_input_ids [B, T] default to one start token: the prediction is the first output token.
+        """
+        if decoder_input_ids is None:
+            decoder_input_ids = jnp.full((inputs_embeds.shape[0], 1), self.config.decoder_start_token_id, jnp.int32)
+        hidden = self.decode(decoder_input_ids, self.encode(inputs_embeds, attention_mask), attention_mask,
+                             decoder_attention_mask)
+        mask = (decoder_attention_mask if decoder_attention_mask is not None
+                else jnp.ones(decoder_input_ids.shape, jnp.int32))
+        return hidden, mask
+
+    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask):
+        """The encoder once per input [B, S, d], the decoder once per target [R*B, L] -> logits [R*B, L, V]."""
+        b, rb = inputs_embeds.shape[0], target_ids.shape[0]
+        rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
+        encoded = self.encode(inputs_embeds, attention_mask)
+        start = jnp.full((rb, 1), self.config.decoder_start_token_id, target_ids.dtype)
+        decoder_input_ids = jnp.concatenate([start, target_ids[:, :-1]], axis=1)  # shifted right
+        return self.logits(self.decode(decoder_input_ids, rep(encoded), rep(attention_mask), target_mask))
+
+    def start_decode(self, inputs_embeds, attention_mask, max_new_tokens: int):
+        """Encoder + first decoder step -> (logits [B, V], decoder self-attention cache, step)."""
+        cache = self.init_cache(self.encode(inputs_embeds, attention_mask), max_new_tokens + 1)
+        cross = cache["cross"]
+
+        def step(self_cache, tokens, t):  # generated token t sits at decoder position t + 1
+            h, c = self.decode_cached(tokens[:, None], {"self": self_cache, "cross": cross}, t + 1, attention_mask)
+            return self.logits(h[:, 0]), c["self"]
+
+        start = jnp.full((inputs_embeds.shape[0], 1), self.config.decoder_start_token_id, jnp.int32)
+        h, cache = self.decode_cached(start, cache, 0, attention_mask)
+        return self.logits(h[:, 0]), cache["self"], step
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
                  decoder_input_ids: jax.Array, decoder_attention_mask: jax.Array | None = None) -> jax.Array:
@@ -420,3 +465,6 @@ class T5(nnx.Module):
     # --- checkpoint names ----------------------------------------------------
     def checkpoint_key(self, path: tuple) -> str:
         return ".".join(str(p) for p in path)
+
+
+base.register_family("t5", T5Config, T5)

@@ -26,11 +26,12 @@ import contextlib
 import importlib.metadata
 import json
 import os
-import tempfile
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from prompt_tuning_jax.files import atomic_write
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -56,28 +57,6 @@ def check_prompt_shape(actual: tuple, expected: tuple, source: str | None = None
     raise ValueError(message + (": " + "; ".join(reasons) if reasons else ""))
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    """Calls `write(file)` on a temporary file beside `path`, then renames it over `path`.
-
-    Readers see the old file or the new one, never half of one; on any error the
-    temporary file is removed and an existing `path` is left untouched.
-    """
-    path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def save_prompt(path: str | os.PathLike, prompt) -> None:
     """Writes `prompt` ([P, H], or [K, P, H] task prompts) to `path` as float32 `.npy`, atomically.
 
@@ -86,7 +65,7 @@ def save_prompt(path: str | os.PathLike, prompt) -> None:
     array = np.asarray(prompt, dtype=np.float32)
     if array.ndim not in (2, 3):
         raise ValueError(f"a prompt is [P, H] (or [K, P, H] task prompts), got shape {array.shape}")
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dtype=None) -> np.ndarray:
@@ -208,9 +187,9 @@ def export_peft(folder: str | os.PathLike, prompt, base_model_name_or_path: str 
 
     data = safetensors_bytes(tensors, metadata={"format": "pt"})
     folder = os.fspath(folder)
-    _atomic_write(os.path.join(folder, PEFT_WEIGHTS_NAME), lambda f: f.write(data))
+    atomic_write(os.path.join(folder, PEFT_WEIGHTS_NAME), data)
     text = json.dumps(config, indent=2, sort_keys=True)
-    _atomic_write(os.path.join(folder, PEFT_CONFIG_NAME), lambda f: f.write(text.encode("utf-8")))
+    atomic_write(os.path.join(folder, PEFT_CONFIG_NAME), text)
     return folder
 
 

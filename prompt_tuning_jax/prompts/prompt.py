@@ -1,4 +1,4 @@
-"""PromptX: a frozen GPT-2 or T5 with a trainable soft prompt in its embedded input.
+"""PromptX: a frozen model (GPT-2, T5, any `models.base.PromptableModel`) with a trainable soft prompt.
 
     prompted = with_prompt(model, length=20, init=..., placement="suffix", head="linear", num_labels=2)
     out = prompted(input_ids, attention_mask)         # called like the model itself
@@ -7,7 +7,9 @@
 
 The prompt lives in a `Prompt` variable ([P, H], or [K, P, H] for K task prompts
 in multi-task batches); the model's weights stay `nnx.Param` and are never
-differentiated. Under `jax.jit`, outputs you do not use are not computed.
+differentiated. Under `jax.jit`, outputs you do not use are not computed. The
+wrapper uses the model only through its seam (`embed`, `activations`, `logits`,
+`embedding_table`): it never asks which family it wraps.
 """
 from __future__ import annotations
 
@@ -123,20 +125,12 @@ class PromptedModel(nnx.Module):
     def __call__(self, input_ids, attention_mask=None, *, decoder_input_ids=None, decoder_attention_mask=None,
                  task_index=None) -> PromptOutput:
         embeds, mask, positions = self._combine(input_ids, attention_mask, task_index)
-        model = self.model
-        if model.config.model_type == "t5":
-            if decoder_input_ids is None:  # one step: the prediction right after the start token
-                decoder_input_ids = jnp.full((input_ids.shape[0], 1), model.config.decoder_start_token_id, jnp.int32)
-            hidden = model.decode(decoder_input_ids, model.encode(embeds, mask), mask, decoder_attention_mask)
-            pred_mask = (decoder_attention_mask if decoder_attention_mask is not None
-                         else jnp.ones(decoder_input_ids.shape, jnp.int32))
-        else:
-            hidden = model.forward_embeddings(embeds, mask)
-            pred_mask = mask
-        last = jnp.maximum(combine.last_real(pred_mask), 0)
+        hidden, read_mask = self.model.activations(embeds, mask, decoder_input_ids=decoder_input_ids,
+                                                   decoder_attention_mask=decoder_attention_mask)
+        last = jnp.maximum(combine.last_real(read_mask), 0)
         h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, H]
-        prediction = self.head(h_last) if self.head is not None else model.logits(h_last)
-        return PromptOutput(logits=model.logits(hidden), attention_mask=mask, token_positions=positions,
+        prediction = self.head(h_last) if self.head is not None else self.model.logits(h_last)
+        return PromptOutput(logits=self.model.logits(hidden), attention_mask=mask, token_positions=positions,
                             hidden=h_last, prediction=prediction)
 
 

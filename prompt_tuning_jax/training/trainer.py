@@ -31,7 +31,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from prompt_tuning_jax.training import objectives, partitioning
+from prompt_tuning_jax import partitioning
+from prompt_tuning_jax.training import objectives
 from prompt_tuning_jax.variables import Trainable
 
 BATCH_KEYS = ("input_ids", "attention_mask", "target_ids", "target_mask", "label", "task_index", "weight")

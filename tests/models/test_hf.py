@@ -74,7 +74,7 @@ def test_pytorch_bin_checkpoint(tmp_path, rng):
 def test_same_logits_on_an_8_device_mesh(tmp_path, rng, family):
     from jax.sharding import NamedSharding
 
-    from prompt_tuning_jax.training import partitioning
+    from prompt_tuning_jax import partitioning
 
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     if family == "gpt2":
@@ -132,7 +132,7 @@ def _rewrite_checkpoint(folder, edit):
     ckpt = hf.Checkpoint(str(folder))
     tensors = {k: np.array(ckpt.get(k)) for k in ckpt.keys()}
     edit(tensors)
-    hf._write_safetensors(str(folder / "model.safetensors"), tensors)
+    hf.write_safetensors(str(folder / "model.safetensors"), tensors)
 
 
 def test_missing_tensor_is_named(tmp_path):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import prompt_tuning_jax as ptj
-from prompt_tuning_jax.training import optim, partitioning
+from prompt_tuning_jax import partitioning
+from prompt_tuning_jax.training import optim
 from prompt_tuning_jax.training.trainer import Trainer
 
 

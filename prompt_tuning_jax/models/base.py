@@ -1,0 +1,105 @@
+"""The one seam between a model family and everything built on it, and the registry of families.
+
+The prompt wrapper, the heads, decoding, the runtime and the experiment layer
+use a model only through `PromptableModel`; none of them asks which family it
+is. A new family is one file that implements the protocol and calls
+`register_family` (as `gpt2.py` and `t5.py` do), and it then trains, evaluates
+and decodes with no other change (tests/models/test_base.py builds one inside
+the test).
+
+Shapes: B batch, S input positions (prompt included), T read positions, L
+target tokens, R targets per input, H hidden size, V vocabulary.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Collection, Protocol, runtime_checkable
+
+import jax
+
+# step(cache, tokens [B], t) -> (logits [B, V] after generated token t, cache)
+DecodeStep = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+
+class ModelConfig(Protocol):
+    """What the rest of the library reads from a family's config (besides the family's own fields)."""
+
+    model_type: str       # the Hugging Face `model_type`; a label, never branched on outside models/
+    hidden_size: int      # H, the width of embeddings and of the prompt
+    eos_token_id: int
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any], tensor_names: Collection[str] | None = None) -> "ModelConfig":
+        """From a Hugging Face config.json (and, when known, the checkpoint's tensor names)."""
+
+    def to_hf(self) -> dict[str, Any]:
+        """The config.json that transformers loads back."""
+
+    def describe(self) -> str:
+        """Layers, widths, heads and vocabulary in one line."""
+
+
+@runtime_checkable
+class PromptableModel(Protocol):
+    """A frozen language model seen through embeddings: the whole interface the library relies on.
+
+    A family module also gives its model class the constructor
+    `(config, *, dtype, param_dtype, remat, rngs)` and `checkpoint_key(path)`
+    (our parameter path -> the Hugging Face tensor name), which `models/hf.py`
+    uses to load and save checkpoints.
+    """
+
+    config: Any
+    # Text put before every target string: " " where targets continue the input text
+    # (decoder-only models), "" where a decoder starts them afresh (encoder-decoder).
+    target_prefix: str
+
+    @property
+    def embedding_table(self) -> jax.Array:
+        """The token embedding table [V, H] (prompt initializers sample and look up rows of it)."""
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """Token embeddings without positions: [B, S] -> [B, S, H] in the compute dtype."""
+
+    def activations(self, inputs_embeds: jax.Array, attention_mask: jax.Array, *,
+                    decoder_input_ids: jax.Array | None = None,
+                    decoder_attention_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Runs the model on embedded inputs [B, S, H] (mask [B, S]) -> (hidden [B, T, H], mask [B, T]).
+
+        `hidden` are the states the LM head reads (a decoder-only model: the input
+        positions; an encoder-decoder: its decoder's, from `decoder_input_ids`,
+        by default one start token). A prediction (the next token, a class) is
+        read at the last position the returned mask marks real.
+        """
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """The LM head: [..., H] -> [..., V] float32."""
+
+    def target_logits(self, inputs_embeds: jax.Array, attention_mask: jax.Array, target_ids: jax.Array,
+                      target_mask: jax.Array) -> jax.Array:
+        """Teacher-forced logits that predict each target token: [R*B, L, V].
+
+        inputs_embeds [B, S, H] with mask [B, S]; target_ids / target_mask [R*B, L],
+        R targets per input in example-major order (rank classification scores R = C
+        label strings). Position l of the result predicts target token l.
+        """
+
+    def start_decode(self, inputs_embeds: jax.Array, attention_mask: jax.Array,
+                     max_new_tokens: int) -> tuple[jax.Array, Any, DecodeStep]:
+        """Prefill for generation -> (next-token logits [B, V], cache, step).
+
+        Everything is jit-traceable with static shapes: decoding runs `step` inside a
+        `lax.while_loop`, feeding generated token t (t = 0, 1, ...) to get the logits after it.
+        """
+
+
+FAMILIES: dict[str, tuple[type, type]] = {}
+
+
+def register_family(model_type: str, config_cls: type, model_cls: type) -> None:
+    """Makes `from_pretrained` load checkpoints whose config.json says `model_type`."""
+    FAMILIES[model_type] = (config_cls, model_cls)
+
+
+def family(model_type: str) -> tuple[type, type]:
+    """(config class, model class) registered for `model_type`; KeyError if none."""
+    return FAMILIES[model_type]
