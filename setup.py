@@ -1,4 +1,9 @@
-"""Install: pip install -e ".[test]"   (extras: test, tpu, cuda, hub)."""
+"""Install: pip install -e ".[test]"   (extras: test, tpu, cuda).
+
+The gin configs and the released prompts live inside the package
+(prompt_tuning_jax/configs, prompt_tuning_jax/pretrained_prompts; the top-level
+configs/ and pretrained_prompts/ are links to them), so a wheel ships them.
+"""
 from setuptools import find_packages, setup
 
 setup(
@@ -9,13 +14,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["prompt_tuning_jax", "prompt_tuning_jax.*"]),
-    include_package_data=True,
-    package_data={"prompt_tuning_jax": ["configs/**/*.gin", "demo_data/*"]},
+    package_data={"prompt_tuning_jax": ["configs/**/*.gin", "pretrained_prompts/**/*.gin",
+                                        "pretrained_prompts/**/*.npy", "pretrained_prompts/**/*.md"]},
     install_requires=[
         "jax>=0.4.35",
         "flax>=0.11",
         "optax>=0.2.3",
         "orbax-checkpoint>=0.6",
+        "etils[epath]>=1.5",
         "gin-config>=0.5",
         "transformers>=4.45",
         "tokenizers>=0.19",

@@ -178,7 +178,7 @@ def run_ours(args, folder: str) -> dict:
     trainer = Trainer(prompted, tx, objective="lm")
     del model, prompted  # the trainer holds the split state
     # Both libraries map the safetensors file lazily: read every weight once so "RSS loaded" holds them.
-    jax.block_until_ready(jax.tree.map(jnp.sum, trainer.frozen))
+    jax.block_until_ready(jax.tree.map(jnp.sum, trainer.state.frozen))
 
     x = np.load(os.path.join(folder, "tokens.npy"))  # [B, L]
     b, _ = x.shape

@@ -4,9 +4,12 @@
       --gin_file=models/gpt2.gin --gin_file=prompts/from_class_labels.gin --gin_file=runs/prompt_finetune.gin \
       --gin.MODEL_DIR="'runs/sst2'" --gin.MIXTURE_OR_TASK_NAME="'sst2'"
 
-Order of gin files: models -> prompts -> sizes -> decoding -> runs (later files
-and then --gin.NAME=VALUE overrides win). Paths resolve against
---gin_search_paths, the current folder and the shipped `configs/`.
+Order of gin files: models -> prompts -> models/sizes -> runtime -> models/decoding
+-> runs (later files and then --gin.NAME=VALUE overrides win). A --gin_file is
+looked up in --gin_search_paths, the current folder, the configs shipped in the
+package and the package itself (for pretrained_prompts/). The shipped files
+include each other by package path (`include 'prompt_tuning_jax/configs/...'`),
+which gin resolves from the installed package.
 Multi-host: on TPU VMs `jax.distributed` starts by itself; elsewhere pass
 --coordinator_address, --num_processes and --process_id.
 """
@@ -15,65 +18,71 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
-CONFIG_DIRS = (
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"),  # a checkout
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"),  # an installed package
-)
+import gin
 
+from prompt_tuning_jax import experiments
+from prompt_tuning_jax.experiments import demo_model
+from prompt_tuning_jax.models import hub_id
+from prompt_tuning_jax.training import optim
 
-def config_search_paths(extra: Sequence[str] = ()) -> list[str]:
-    paths = [p for p in extra if p] + [os.getcwd()]
-    return paths + [d for d in CONFIG_DIRS if os.path.isdir(d)]
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+CONFIG_DIR = os.path.join(PACKAGE_DIR, "configs")
+CONFIGURABLES = (experiments.ModelSpec, experiments.PromptSpec, experiments.DataSpec, experiments.TrainSpec,
+                 experiments.DecodeSpec, experiments.train, experiments.evaluate, experiments.infer,
+                 optim.make_optimizer, demo_model.demo_checkpoint, hub_id)
+_registered: set[str] = set()
+_search_paths_added: set[str] = set()
 
 
 def register_configurables() -> None:
-    """Makes our plain functions and classes gin-configurable under the `ptj.` prefix (idempotent)."""
-    import gin
-
-    from prompt_tuning_jax import demo, run
-    from prompt_tuning_jax.training import optim
-
-    if "ptj.train" in _registered:
-        return
-    for fn in (run.ModelSpec, run.PromptSpec, run.train, run.evaluate, optim.make_optimizer,
-               demo.demo_checkpoint):
-        gin.external_configurable(fn, module="ptj")
-    from prompt_tuning_jax import infer as infer_lib
-
-    gin.external_configurable(infer_lib.infer, module="ptj")
-    gin.external_configurable(infer_lib.DecodeSpec, module="ptj")
-    _registered.add("ptj.train")
+    """Makes the experiment layer's functions and specs gin-configurable as `ptj.<name>` (idempotent)."""
+    for fn in CONFIGURABLES:
+        if fn.__name__ not in _registered:
+            gin.external_configurable(fn, module="ptj")
+            _registered.add(fn.__name__)
 
 
-_registered: set[str] = set()
+def configured(fn: Callable) -> Callable:
+    """`fn` with the parsed gin bindings applied: `configured(experiments.train)()`."""
+    register_configurables()
+    return gin.get_configurable(fn)
+
+
+def config_search_paths(extra: Sequence[str] = ()) -> list[str]:
+    return [os.path.abspath(p) for p in extra if p] + [os.getcwd(), CONFIG_DIR, PACKAGE_DIR]
+
+
+def find_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
+    """The absolute path of a --gin_file, or FileNotFoundError naming where it was looked for."""
+    if os.path.isabs(name) and os.path.isfile(name):
+        return name
+    folders = config_search_paths(search_paths)
+    for folder in folders:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"gin file {name} not found in {folders} (use --gin_search_paths)")
 
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
-    import gin
-
+    """Clears gin, parses the files (later ones win) and then the bindings; every required macro must be set."""
     register_configurables()
     gin.clear_config()
-    # Absolute folders only (no '' prefix): a relative `include 'models/x.gin'` that misses would
-    # otherwise be tried as a Python package named `models`, which breaks on namespace packages.
-    gin.config._LOCATION_PREFIXES[:] = [os.path.abspath(p) for p in config_search_paths(search_paths)]
-    resolved = []
-    for f in gin_files:
-        found = f if os.path.isabs(f) and os.path.exists(f) else next(
-            (os.path.join(p, f) for p in config_search_paths(search_paths) if os.path.exists(os.path.join(p, f))),
-            None)
-        if found is None:
-            raise FileNotFoundError(f"gin file {f} not found in {config_search_paths(search_paths)} "
-                                    "(use --gin_search_paths)")
-        resolved.append(found)
+    resolved = [find_gin_file(f, search_paths) for f in gin_files]
+    for folder in search_paths:  # for `include`s of the user's own files
+        if os.path.abspath(folder) not in _search_paths_added:
+            gin.add_config_file_search_path(os.path.abspath(folder))
+            _search_paths_added.add(os.path.abspath(folder))
     gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
-    missing = sorted(name for (name, selector), params in gin.config._CONFIG.items()
-                     if selector == "gin.macro" and repr(params.get("value")) == "%gin.REQUIRED")
+    missing = re.findall(r"^([A-Za-z_]\w*) = %gin\.REQUIRED$", gin.config_str(), flags=re.MULTILINE)
     if missing:
-        raise ValueError("required gin macros not set: " + ", ".join(missing) + " (pass "
-                         + " ".join(f"--gin.{m}=..." for m in missing) + ")")
+        raise ValueError("required gin macros not set: " + ", ".join(sorted(missing)) + " (pass "
+                         + " ".join(f"--gin.{m}=..." for m in sorted(missing)) + ")")
+
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -111,7 +120,8 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, bindings
 
 
-def main(entry: Callable, description: str, argv=None) -> int:
+def main(entry: Callable[[], None], description: str, argv=None) -> int:
+    """Parses flags and gin, starts multi-host JAX, runs `entry`; errors are one `error:` line and exit 2."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         rest, bindings = split_gin_flags(argv)

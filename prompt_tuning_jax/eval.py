@@ -1,18 +1,19 @@
-"""`python -m prompt_tuning_jax.eval --gin_file=... [--gin.NAME=VALUE ...]`: evaluate a prompt (configs/runs/prompt_eval.gin)."""
+"""`python -m prompt_tuning_jax.eval --gin_file=... [--gin.NAME=VALUE ...]`: evaluate a prompt (`experiments.evaluate`).
+
+configs/runs/prompt_eval.gin binds its arguments; see `cli.py` for the flags.
+"""
 import sys
 
+from prompt_tuning_jax import cli, experiments
 
-def _run():
-    import gin
 
-    metrics = gin.get_configurable("ptj.evaluate")()
+def run() -> None:
+    metrics = cli.configured(experiments.evaluate)()
     print(", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
 
 
 def console_main():
-    from prompt_tuning_jax import cli
-
-    sys.exit(cli.main(_run, "Evaluate a soft prompt on a task (gin-configured)."))
+    sys.exit(cli.main(run, "Evaluate a soft prompt on a task (gin-configured)."))
 
 
 if __name__ == "__main__":

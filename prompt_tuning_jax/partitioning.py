@@ -1,9 +1,13 @@
-"""Device mesh and logical-axis sharding rules.
+"""Device mesh, logical-axis sharding rules, and moving arrays between hosts and the mesh.
 
 Parameters carry logical axis names in their `axes` metadata (`vocab`, `embed`,
 `heads`, `mlp`, ...). A rules table maps each name to a mesh axis (`data`,
 `model`) or to None (replicated). The same model code then runs on one device or
 on a pod slice: only the mesh changes.
+
+Across hosts, each process holds its own rows of every batch (`global_rows`
+makes the global array from them) and reads replicated results locally
+(`host_value`); `gather_batches` collects per-process numpy rows on every host.
 """
 from __future__ import annotations
 
@@ -107,3 +111,31 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.Modul
         state, is_leaf=_is_variable)
     nnx.update(model, placed)
     return model
+
+
+# --- host <-> mesh -----------------------------------------------------------------
+
+def global_rows(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """This process's rows [B_local, ...] -> the global array [B_local * processes, ...] split by `sharding`."""
+    local = np.asarray(local)
+    shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+    return jax.make_array_from_process_local_data(sharding, local, shape)
+
+
+def host_value(x: jax.Array) -> np.ndarray:
+    """A replicated array as numpy, on every process, multi-host included."""
+    return np.asarray(x.addressable_data(0)) if x.is_fully_replicated else np.asarray(jax.device_get(x))
+
+
+def gather_batches(batches: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-process rows of N batches, each [B_local, ...] -> [N * B_global, ...] in global batch order.
+
+    One collective for all batches; every process gets the same result.
+    """
+    stacked = np.stack([np.asarray(b) for b in batches])  # [N, B_local, ...]
+    if jax.process_count() == 1:
+        return stacked.reshape(-1, *stacked.shape[2:])
+    from jax.experimental import multihost_utils
+
+    gathered = np.asarray(multihost_utils.process_allgather(stacked))  # [P, N, B_local, ...]
+    return gathered.swapaxes(0, 1).reshape(-1, *stacked.shape[2:])

@@ -12,20 +12,19 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
+from prompt_tuning_jax.files import is_local
+from prompt_tuning_jax.partitioning import host_value
 from prompt_tuning_jax.prompts.io import save_prompt
 
 
-def host_value(x: jax.Array) -> np.ndarray:
-    """A replicated (trainable) array as numpy, on every process, multi-host included."""
-    return np.asarray(x.addressable_data(0)) if x.is_fully_replicated else np.asarray(jax.device_get(x))
-
-
 class Checkpointer:
+    """Saves to and restores from `<directory>/checkpoints/<step>/`, keeping the newest `keep` (None: all)."""
+
     def __init__(self, directory: str | os.PathLike, keep: int | None = 3):
-        self.directory = os.path.abspath(os.fspath(directory))
+        directory = os.fspath(directory)
+        self.directory = os.path.abspath(directory) if is_local(directory) else directory
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(os.path.join(self.directory, "checkpoints"), options=options,
                                              item_names=("trainable", "opt_state", "meta"))
@@ -46,7 +45,6 @@ class Checkpointer:
         if jax.process_index() != 0:
             return
         folder = os.path.join(self.directory, "prompts")
-        os.makedirs(folder, exist_ok=True)
         save_prompt(os.path.join(folder, f"prompt_{step}.npy"), array)
         save_prompt(os.path.join(folder, "prompt_latest.npy"), array)
 

@@ -5,11 +5,14 @@ Only process 0 writes. Rows are flat dicts `{"step": int, "split": "train"|"eval
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Any
 
 import jax
+
+from prompt_tuning_jax.files import atomic_write
 
 
 class RunRecord:
@@ -52,24 +55,18 @@ class RunRecord:
             self._tb.flush()
 
     def _rewrite_jsonl(self):
-        path = os.path.join(self.directory, "metrics.jsonl")
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in self.rows:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
+        atomic_write(os.path.join(self.directory, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def write_summary(self) -> None:
         """metrics.csv (one row per step and split) and plots/{train_loss,eval_metrics}.png."""
         if not self.active or not self.rows:
             return
         keys = ["step", "split"] + sorted({k for r in self.rows for k in r} - {"step", "split"})
-        tmp = os.path.join(self.directory, ".metrics.csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, os.path.join(self.directory, "metrics.csv"))
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(os.path.join(self.directory, "metrics.csv"), text.getvalue())
         self._plot()
 
     def _plot(self):

@@ -1,0 +1,111 @@
+"""`infer(...)`: generate text with a prompt; `python -m prompt_tuning_jax.infer` runs it.
+
+    infer(ModelSpec("gpt2"), PromptSpec(length=20, placement="suffix"),
+          DataSpec("sst2", feature_lengths={"inputs": 128, "targets": 4}),
+          checkpoint_path="runs/sst2", output_dir="runs/sst2/infer", decoding=DecodeSpec(method="beam"))
+
+Writes `<output_dir>/predictions.jsonl` (one row per example: index, input,
+prediction and, when known, target) and, when the split has targets,
+`metrics.json` with the task's metrics on `task.text_to_prediction(text)`.
+Inputs come from a task split or from a plain text file (one input per line).
+Generation runs under one `jax.jit` per batch shape over the device mesh; each
+process feeds its rows and only process 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from prompt_tuning_jax import partitioning
+from prompt_tuning_jax.data import EvalIterator, pipeline
+from prompt_tuning_jax.decoding import DecodeSpec
+from prompt_tuning_jax.experiments import loading
+from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec
+from prompt_tuning_jax.files import atomic_write
+from prompt_tuning_jax.training.predict import Generator
+
+
+def infer(model: ModelSpec, prompt: PromptSpec, data: DataSpec, checkpoint_path: str | None, output_dir: str,
+          inputs_file: str | None = None, decoding: DecodeSpec = DecodeSpec(),
+          mesh_shape: Sequence[int] = (-1, 1)) -> dict:
+    """Generates for every input of `data.eval_split` of `data.task` (or of `inputs_file`) -> a summary.
+
+    checkpoint_path: a [P, H] .npy or a training MODEL_DIR; None keeps the
+    PromptSpec's own initializer. decoding.max_new_tokens None: the longest
+    verbalizer (classification tasks: T5 labels end in EOS, GPT-2 targets have
+    none, so generation stops after the label) or TASK_FEATURE_LENGTHS['targets'].
+    Summary: {"predictions": path, "examples": N, "metrics": {...} or None}.
+    """
+    if (data.task is None) == (inputs_file is None):
+        raise ValueError("infer() needs exactly one of MIXTURE_OR_TASK_NAME (a task) and INPUTS_FILE (a text file)")
+    if not isinstance(data.task, (str, type(None))):
+        raise ValueError(f"infer() generates for one task at a time, got {data.task!r}")
+    if prompt.head is not None:
+        raise ValueError(f"a prompt with head={prompt.head!r} classifies; it cannot generate text "
+                         "(use evaluate() for its metrics)")
+    tasks = data.tasks()
+    task = tasks[0] if tasks else None
+    loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape), checkpoint_path)
+    tok = _inputs(task, inputs_file, loaded, data)
+    eos_id = loaded.tokenizer.eos_token_id
+    eos_id = eos_id if eos_id is not None else loaded.model.config.eos_token_id
+    max_new = decoding.max_new_tokens
+    if max_new is None:
+        max_new = _default_max_new_tokens(task, loaded, data)
+    generator = Generator(loaded.state, lambda m, ids, mask, task_index: decoding.generate(
+        m, ids, mask, eos_id, task_index=task_index, max_new_tokens=max_new))
+    batches = list(EvalIterator(tok, data.batch_size, padding_side=model.padding_side))
+    tokens = np.concatenate([partitioning.host_value(generator.generate(b)) for b in batches])
+    keep = partitioning.gather_batches([b["weight"] for b in batches]) > 0
+    index = partitioning.gather_batches([b["example_index"] for b in batches])[keep]
+    tokens = tokens[keep][np.argsort(index, kind="stable")]
+    texts = [loaded.tokenizer.decode(_until_eos(row, eos_id), skip_special_tokens=True) for row in tokens.tolist()]
+    return _write(output_dir, task, data.eval_split, tok.examples, texts)
+
+
+def _inputs(task, inputs_file: str | None, loaded, data: DataSpec) -> pipeline.Tokenized:
+    if task is not None:
+        return loading.tokenize_split(task, data.eval_split, loaded, data, limit=data.eval_limit)
+    with open(inputs_file, encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()][:data.eval_limit]
+    examples = [{"inputs": line, "targets": "", "label": -1} for line in lines]
+    return pipeline.tokenize(examples, loaded.tokenizer, max_input_length=data.feature_lengths["inputs"],
+                             max_target_length=data.feature_lengths["targets"],
+                             target_prefix=loaded.model.target_prefix, name=inputs_file)
+
+
+def _default_max_new_tokens(task, loaded, data: DataSpec) -> int:
+    if task is not None and task.kind == "classification":
+        return int(loading.label_ids(task, loaded, data)[1].sum(-1).max())
+    return data.feature_lengths["targets"]
+
+
+def _until_eos(ids: list[int], eos_id: int) -> list[int]:
+    return ids[:ids.index(eos_id)] if eos_id in ids else ids
+
+
+def _write(output_dir: str, task, split: str, examples: list[dict], texts: list[str]) -> dict:
+    """predictions.jsonl and, when every example has a target, metrics.json (process 0 writes)."""
+    has_targets = task is not None and bool(examples) and all(
+        e["label"] >= 0 if task.kind == "classification" else bool(e.get("targets")) for e in examples)
+    metrics = None
+    if has_targets:
+        predictions = [task.text_to_prediction(text) for text in texts]
+        metrics = {k: float(v) for k, v in task.compute_metrics(task.metric_targets(examples), predictions).items()}
+    path = os.path.join(output_dir, "predictions.jsonl")
+    if jax.process_index() == 0:
+        rows = []
+        for i, (example, text) in enumerate(zip(examples, texts)):
+            row = {"index": i, "input": example["inputs"], "prediction": text}
+            if has_targets:
+                row["target"] = example["targets"]
+            rows.append(json.dumps(row, ensure_ascii=False))
+        atomic_write(path, "\n".join(rows) + "\n")
+        if metrics is not None:
+            summary = {"task": task.name, "split": split, "examples": len(texts), **metrics}
+            atomic_write(os.path.join(output_dir, "metrics.json"), json.dumps(summary, indent=2) + "\n")
+    return {"predictions": path, "examples": len(texts), "metrics": metrics}

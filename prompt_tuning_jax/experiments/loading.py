@@ -1,0 +1,81 @@
+"""What train, evaluate and infer share: a prompted model on the mesh, and its tokenized data.
+
+    loaded = load_prompted(ModelSpec("gpt2"), PromptSpec(length=20), tasks, mesh, checkpoint_path="runs/sst2")
+    loaded.state       # MeshState: prompt (and head) replicated, frozen weights sharded
+    loaded.tokenizer, loaded.model, loaded.prompt   # the tokenizer, the frozen model, the completed PromptSpec
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from prompt_tuning_jax.data import pipeline
+from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec
+from prompt_tuning_jax.training.runtime import MeshState, check_checkpoint_path
+
+
+@dataclasses.dataclass
+class Loaded:
+    state: MeshState
+    tokenizer: Any
+    model: Any            # the frozen model (a `models.base.PromptableModel`)
+    prompt: PromptSpec    # completed for the task: number of labels, class labels, number of task prompts
+
+
+def load_prompted(model: ModelSpec, prompt: PromptSpec, tasks: Sequence, mesh,
+                  checkpoint_path: str | None = None) -> Loaded:
+    """Loads the frozen model and tokenizer, builds the prompt for `tasks` and places both on `mesh`.
+
+    checkpoint_path: a training MODEL_DIR or a `.npy` prompt; the trained prompt
+    (and head) replace the initial ones, so the initializer is not even run.
+    """
+    if len(tasks) > 1:
+        prompt = dataclasses.replace(prompt, num_tasks=len(tasks))
+    if tasks:
+        prompt = prompt.for_task(tasks[0])
+    if checkpoint_path:
+        check_checkpoint_path(checkpoint_path)  # before the (slow) model load
+        prompt = dataclasses.replace(prompt, init="random_uniform")  # overwritten by the restore below
+    base = model.load(mesh=mesh)
+    tokenizer = model.load_tokenizer()
+    state = MeshState(prompt.build(base, tokenizer), mesh)
+    if checkpoint_path:
+        state.restore(checkpoint_path)
+    return Loaded(state, tokenizer, base, prompt)
+
+
+def tokenize_split(task, split: str, loaded: Loaded, data: DataSpec, limit: int | None = None):
+    """A task split tokenized for this model (targets get the model's `target_prefix`)."""
+    lengths = data.feature_lengths
+    return pipeline.tokenize_task(task, split, loaded.tokenizer, limit=limit, max_input_length=lengths["inputs"],
+                                  max_target_length=lengths["targets"], truncate=data.truncate,
+                                  target_prefix=loaded.model.target_prefix)
+
+
+def label_ids(task, loaded: Loaded, data: DataSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids [C, L] and mask of each class's verbalizer, tokenized like targets (for rank classification)."""
+    examples = [{"inputs": "", "targets": name, "label": i} for i, name in enumerate(task.label_names)]
+    tok = pipeline.tokenize(examples, loaded.tokenizer, max_input_length=8,
+                            max_target_length=data.feature_lengths["targets"],
+                            target_prefix=loaded.model.target_prefix)
+    width = max(len(t) for t in tok.target_ids)
+    ids = np.zeros((len(examples), width), np.int32)
+    mask = np.zeros_like(ids)
+    for i, t in enumerate(tok.target_ids):
+        ids[i, :len(t)], mask[i, :len(t)] = t, 1
+    return ids, mask
+
+
+def objective(prompt: PromptSpec, task) -> str:
+    """What training minimises: the LM loss on the targets without a head, else the head's loss."""
+    if prompt.head is None:
+        return "lm"
+    return "regression" if task.kind == "regression" else "classification"
+
+
+def make_mesh(mesh_shape: Sequence[int]):
+    from prompt_tuning_jax import partitioning
+
+    return partitioning.make_mesh(*mesh_shape)

@@ -1,0 +1,184 @@
+"""Typed settings of a run, one dataclass per concern; gin binds their fields, Python builds them directly.
+
+    model = ModelSpec("gpt2", dtype="bfloat16")
+    prompt = PromptSpec(length=20, init="class_labels", placement="suffix", head="linear")
+    data = DataSpec("sst2", feature_lengths={"inputs": 128, "targets": 4}, batch_size=32)
+    schedule = TrainSpec(steps=2000, eval_every=200, checkpoint_every=200)
+
+Decoding settings are `decoding.DecodeSpec`; the optimizer is any optax
+transformation (`training.optim.make_optimizer` gives the paper's Adafactor).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import jax.numpy as jnp
+
+INIT_KINDS = ("random_uniform", "sampled_vocab", "class_labels", "string", "file")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _dtype(name):
+    if not isinstance(name, str):
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}") from None
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """The frozen model: a hub id or Hugging Face folder (`INITIAL_CHECKPOINT_PATH`) and how to run it.
+
+    dtype: compute dtype; param_dtype: storage of the frozen weights; tokenizer:
+    defaults to the checkpoint's; padding_side: where pads go in batches.
+    """
+
+    path: str
+    tokenizer: str | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+    padding_side: str = "right"
+
+    def load(self, mesh=None):
+        from prompt_tuning_jax.models import from_pretrained
+
+        return from_pretrained(self.path, dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype),
+                               mesh=mesh, remat=self.remat)
+
+    def load_tokenizer(self):
+        from prompt_tuning_jax.tokenizer import load_tokenizer
+
+        return load_tokenizer(self.tokenizer or self.path, padding_side=self.padding_side)
+
+
+@dataclasses.dataclass
+class PromptSpec:
+    """The prompt: length P, initializer, placement and head.
+
+    init: random_uniform (in [0, scale)) | sampled_vocab (first `population_size`
+    rows) | class_labels (`class_labels`, then sampled vocab) | string (`text`,
+    then sampled vocab) | file (`file`, a [P, H] .npy).
+    head: None (LM head: rank classification / generation) or "linear" (`num_labels`).
+    """
+
+    length: int = 100
+    init: str = "class_labels"
+    placement: str = "prefix"
+    scale: float = 0.5
+    population_size: int = 5000
+    class_labels: Sequence[str] | None = None
+    text: str | None = None
+    file: str | None = None
+    head: str | None = None
+    num_labels: int | None = None
+    regression: bool = False
+    before_eos: bool = False
+    num_tasks: int = 1
+    seed: int = 0
+
+    def initializer(self, model, tokenizer):
+        from prompt_tuning_jax.prompts import initializers as inits
+
+        table = model.embedding_table
+        sampled = inits.from_sample_of_embeddings(table, population_size=min(self.population_size, table.shape[0]))
+        if self.init == "random_uniform":
+            return inits.random_uniform(self.scale)
+        if self.init == "sampled_vocab":
+            return sampled
+        if self.init == "class_labels":
+            if not self.class_labels:
+                raise ValueError("init='class_labels' needs CLASS_LABELS (the verbalizers, e.g. ['negative', "
+                                 "'positive']); or use the task's label names")
+            return inits.from_class_labels(table, tokenizer, list(self.class_labels), sampled)
+        if self.init == "string":
+            if not self.text:
+                raise ValueError("init='string' needs the text to embed (PromptSpec.text)")
+            return inits.from_string(table, tokenizer, self.text, sampled)
+        if self.init == "file":
+            if not self.file:
+                raise ValueError("init='file' needs PROMPT_FILE (a [P, H] .npy)")
+            return inits.from_npy(self.file)
+        raise ValueError(f"unknown prompt init {self.init!r}; use one of {INIT_KINDS}")
+
+    def build(self, model, tokenizer):
+        from prompt_tuning_jax.prompts import with_prompt
+
+        return with_prompt(model, self.length, self.initializer(model, tokenizer), placement=self.placement,
+                           head=self.head, num_labels=self.num_labels, regression=self.regression,
+                           num_tasks=self.num_tasks, before_eos=self.before_eos, seed=self.seed)
+
+    def for_task(self, task) -> "PromptSpec":
+        """Fills what the task knows: the head's number of labels, and the class labels to initialise from."""
+        spec = self
+        if spec.head == "linear" and spec.num_labels is None:
+            regression = task.kind == "regression"
+            spec = dataclasses.replace(spec, num_labels=1 if regression else task.num_classes, regression=regression)
+        if spec.init == "class_labels" and not spec.class_labels and task.label_names:
+            spec = dataclasses.replace(spec, class_labels=list(task.label_names))
+        return spec
+
+
+@dataclasses.dataclass
+class DataSpec:
+    """The task (MIXTURE_OR_TASK_NAME: one name, or a list for a mixture with one prompt per task) and batches.
+
+    feature_lengths: TASK_FEATURE_LENGTHS, the token limits {'inputs': ..., 'targets': ...}.
+    task_overrides: TASK_OVERRIDES, any `get_task` override (local files, verbalizers, ...).
+    eval_batch_size: defaults to batch_size; eval_limit: evaluate the first N examples only.
+    truncate: 'right' | 'left' | 'error' for over-long examples; prefetch: batches read ahead.
+    """
+
+    task: str | Sequence[str] | None = None
+    feature_lengths: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"inputs": 128, "targets": 8})
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    train_split: str = "train"
+    eval_split: str | None = "validation"
+    eval_limit: int | None = None
+    task_overrides: Mapping[str, Any] | None = None
+    mixture_rates: Sequence[float] | None = None
+    truncate: str = "right"
+    seed: int = 0
+    prefetch: int = 2
+
+    def __post_init__(self):
+        lengths = self.feature_lengths
+        if not isinstance(lengths, Mapping) or "inputs" not in lengths:
+            raise ValueError(f"TASK_FEATURE_LENGTHS must be a dict like {{'inputs': 128, 'targets': 8}}, "
+                             f"got {lengths!r}")
+        self.feature_lengths = {"targets": 8, **lengths}
+
+    @property
+    def task_names(self) -> list[str]:
+        if self.task is None:
+            return []
+        return [self.task] if isinstance(self.task, str) else list(self.task)
+
+    def tasks(self) -> list:
+        """The `Task` objects, with TASK_OVERRIDES applied."""
+        from prompt_tuning_jax.data import get_task
+
+        return [get_task(name, **dict(self.task_overrides or {})) for name in self.task_names]
+
+
+@dataclasses.dataclass
+class TrainSpec:
+    """How long to train and what happens on the way.
+
+    Every `eval_every` steps (and at step 0 and at the end) the eval split is
+    scored; every `checkpoint_every` steps (and at the end, and on SIGTERM) a
+    checkpoint is saved, keeping the newest `keep`. `accum_steps` micro-batches
+    make one step's batch.
+    """
+
+    steps: int = 1000
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    keep: int = 3
+    log_every: int = 10
+    accum_steps: int = 1
+    progress: bool = True

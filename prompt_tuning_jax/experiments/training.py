@@ -1,0 +1,81 @@
+"""`train(...)`: train a prompt (and head) on a task or a mixture; `python -m prompt_tuning_jax.train` runs it.
+
+    train("runs/sst2", ModelSpec("gpt2"), PromptSpec(length=20, placement="suffix", head="linear"),
+          DataSpec("sst2", feature_lengths={"inputs": 128, "targets": 4}), TrainSpec(steps=2000, eval_every=200))
+
+Writes under `model_dir`: checkpoints/ (orbax: prompt, head, optimizer state,
+data position), prompts/prompt_<step>.npy and prompt_latest.npy,
+metrics.jsonl / metrics.csv / plots / TensorBoard, and best.json. Running the
+same call again resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+
+from prompt_tuning_jax.data import EvalIterator, TrainIterator
+from prompt_tuning_jax.experiments import loading
+from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec, TrainSpec
+from prompt_tuning_jax.training import optim
+from prompt_tuning_jax.training.hooks import standard_hooks
+from prompt_tuning_jax.training.loop import fit
+from prompt_tuning_jax.training.trainer import Trainer
+
+
+def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, schedule: TrainSpec = TrainSpec(),
+          optimizer=None, mesh_shape: Sequence[int] = (-1, 1)) -> dict:
+    """Trains on `data.task` (a list of names: a mixture, one prompt per task) -> fit()'s summary plus
+    {'prompt_file', 'model_dir', 'prompt'}. optimizer: an optax transformation (default: the paper's Adafactor).
+    """
+    tasks = data.tasks()
+    if not tasks:
+        raise ValueError("train() needs a task: set MIXTURE_OR_TASK_NAME")
+    loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape))
+    tx = optimizer if optimizer is not None else optim.make_optimizer(total_steps=schedule.steps)
+    trainer = Trainer(loaded.state, tx, objective=loading.objective(loaded.prompt, tasks[0]),
+                      accum_steps=schedule.accum_steps)
+    if jax.process_index() == 0:
+        os.makedirs(model_dir, exist_ok=True)
+    hooks = standard_hooks(model_dir, evaluate=_evaluator(tasks, loaded, data, trainer.objective, model.padding_side),
+                           eval_every=schedule.eval_every, checkpoint_every=schedule.checkpoint_every,
+                           keep=schedule.keep, log_every=schedule.log_every, progress=schedule.progress)
+    summary = fit(trainer, _train_batches(tasks, loaded, data, model.padding_side), schedule.steps, hooks.hooks,
+                  resume_from=hooks.checkpointer, prefetch=data.prefetch)
+    summary.update(prompt_file=os.path.join(model_dir, "prompts", "prompt_latest.npy"), model_dir=model_dir,
+                   prompt=trainer.prompt)
+    return summary
+
+
+def _train_batches(tasks, loaded, data: DataSpec, padding_side: str) -> TrainIterator:
+    parts = [loading.tokenize_split(t, data.train_split, loaded, data) for t in tasks]
+    return TrainIterator(parts if len(parts) > 1 else parts[0], data.batch_size, rates=data.mixture_rates,
+                         seed=data.seed, padding_side=padding_side)
+
+
+def _evaluator(tasks, loaded, data: DataSpec, objective: str, padding_side: str):
+    """evaluate(trainer) -> metrics on the eval split of every task of the mixture (None: nothing to evaluate).
+
+    Classification without a head is rank classification over the task's label strings.
+    With several tasks, metric names get the task's name: 'rte/accuracy'.
+    """
+    evaluators = []  # (task, batches, label ids, label mask)
+    for k, task in enumerate(tasks):
+        if not data.eval_split or task.kind == "generation":
+            continue
+        labels = (loading.label_ids(task, loaded, data) if objective == "lm" and task.kind == "classification"
+                  else (None, None))
+        tok = loading.tokenize_split(task, data.eval_split, loaded, data, limit=data.eval_limit)
+        batches = EvalIterator(tok, data.eval_batch_size or data.batch_size, task_index=k, padding_side=padding_side)
+        evaluators.append((task, batches, *labels))
+    if not evaluators:
+        return None
+
+    def evaluate(trainer) -> dict[str, float]:
+        results = [(t, trainer.predictor.evaluate(b, t, ids, mask)) for t, b, ids, mask in evaluators]
+        if len(results) == 1:
+            return results[0][1]
+        return {f"{t.name}/{k}": v for t, metrics in results for k, v in metrics.items()}
+
+    return evaluate
