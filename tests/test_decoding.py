@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_logits_close, make_gpt2, make_t5, padded_batch
 from flax import nnx
+from helpers import assert_logits_close, padded_batch, torch_model
 
 import prompt_tuning_jax as ptj
 from prompt_tuning_jax import decoding
@@ -19,13 +19,13 @@ N = 8  # new tokens
 def gpt2(tmp_path_factory):
     """(HF model, our model); a large init range so greedy outputs vary from step to step."""
     folder = tmp_path_factory.mktemp("gpt2")
-    return make_gpt2(folder, initializer_range=0.3), ptj.from_pretrained(folder)
+    return torch_model("gpt2", folder, initializer_range=0.3), ptj.from_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
 def t5(tmp_path_factory):
     folder = tmp_path_factory.mktemp("t5")
-    return make_t5(folder, untied=True, decoder_start_token_id=0), ptj.from_pretrained(folder)
+    return torch_model("t5", folder, untied=True, decoder_start_token_id=0), ptj.from_pretrained(folder)
 
 
 def left_aligned(ids, mask):
@@ -47,6 +47,7 @@ def until_eos(tokens, eos):
 
 # --- cached forward == uncached forward -------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_gpt2_cached_steps_match_the_full_forward(gpt2, rng, side):
     _, model = gpt2
@@ -67,6 +68,7 @@ def test_gpt2_cached_steps_match_the_full_forward(gpt2, rng, side):
     assert_logits_close(jnp.concatenate(outs, 1), full, mask)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_t5_cached_decoder_steps_match_the_full_decoder(t5, rng, side):
     _, model = t5
@@ -87,6 +89,7 @@ def test_t5_cached_decoder_steps_match_the_full_decoder(t5, rng, side):
     assert_logits_close(model.logits(jnp.concatenate(outs, 1)), model.logits(full))
 
 
+@pytest.mark.slow
 def test_t5_relative_bias_at_an_offset_is_a_slice_of_the_full_bias(t5):
     _, model = t5
     attn = model.decoder.block[0].layer[0].SelfAttention
@@ -137,6 +140,7 @@ def test_gpt2_prompted_greedy_matches_transformers_on_inputs_embeds(gpt2, rng, p
     np.testing.assert_array_equal(ours, theirs.numpy())
 
 
+@pytest.mark.slow
 def test_gpt2_greedy_stops_at_eos_and_pads(gpt2, rng):
     hf, model = gpt2
     ids, mask = padded_batch(rng, 211, [5, 9, 7], 9, side="right")
@@ -177,6 +181,7 @@ def test_t5_prefix_prompted_greedy_matches_transformers_on_inputs_embeds(t5, rng
 
 # --- beam search == transformers -------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("early_stopping,length_penalty", [(False, 1.0), (True, 1.0), ("never", 1.0),
                                                           (False, 0.0)])
 def test_gpt2_beam_matches_transformers(gpt2, early_stopping, length_penalty):
@@ -200,6 +205,7 @@ def test_gpt2_beam_matches_transformers(gpt2, early_stopping, length_penalty):
     assert len(lengths) > 2  # hypotheses of several lengths compete
 
 
+@pytest.mark.slow
 def test_t5_prompted_beam_matches_transformers(t5, rng):
     hf, model = t5
     prompt = rng.normal(size=(4, 32)).astype(np.float32)
@@ -216,6 +222,7 @@ def test_t5_prompted_beam_matches_transformers(t5, rng):
     assert until_eos(ours, eos) == until_eos(theirs, eos)
 
 
+@pytest.mark.slow
 def test_beam_of_one_is_greedy(gpt2, rng):
     _, model = gpt2
     ids, mask = padded_batch(rng, 211, [5, 9], 9)
@@ -235,6 +242,7 @@ def test_sampling_is_deterministic_given_the_seed(gpt2, rng):
     assert not np.array_equal(sample(1), sample(2))
 
 
+@pytest.mark.slow
 def test_top_k_1_is_greedy(t5, rng):
     _, model = t5
     ids, mask = padded_batch(rng, 199, [6, 3], 6)
@@ -244,6 +252,7 @@ def test_top_k_1_is_greedy(t5, rng):
     np.testing.assert_array_equal(sampled, greedy)
 
 
+@pytest.mark.slow
 def test_sampled_tokens_come_from_the_top_k(gpt2, rng):
     _, model = gpt2
     ids, mask = padded_batch(rng, 211, [5, 9, 7, 2], 9)
@@ -279,6 +288,7 @@ def test_filter_logits_matches_transformers_warpers(rng):
 
 # --- API -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_decode_spec_and_multitask_prompts(gpt2, rng):
     _, model = gpt2
     prompts = rng.normal(size=(2, 3, 48)).astype(np.float32)
@@ -294,6 +304,7 @@ def test_decode_spec_and_multitask_prompts(gpt2, rng):
         decoding.DecodeSpec().generate(model, ids, mask, eos_id=0)
 
 
+@pytest.mark.slow
 def test_generate_runs_inside_jit_and_compiles_once_per_shape(gpt2, rng):
     _, model = gpt2
     ids, mask = padded_batch(rng, 211, [5, 9], 9)

@@ -1,17 +1,15 @@
 """infer(): generation with a trained prompt over a task split or a text file, end to end through the CLI."""
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO, cli_env, save_tiny_gpt2
 
 import prompt_tuning_jax as ptj
 from prompt_tuning_jax import decoding
-from prompt_tuning_jax.infer import infer
-from prompt_tuning_jax.run import ModelSpec, PromptSpec
+from prompt_tuning_jax.experiments import DataSpec, ModelSpec, PromptSpec, infer
 
 ROWS = [("the movie was great .", "positive"), ("the plot was dull .", "negative"),
         ("what a lovely film !", "positive"), ("the acting was awful and the story felt flat .", "negative"),
@@ -21,14 +19,8 @@ ROWS = [("the movie was great .", "positive"), ("the plot was dull .", "negative
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A random tiny GPT-2 with the demo's word-level tokenizer, a [4, 32] prompt and a 6-row local SST-2 split."""
-    from prompt_tuning_jax.demo import build_tokenizer
-
     root = tmp_path_factory.mktemp("infer")
-    tok = build_tokenizer()
-    config = ptj.GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                            initializer_range=0.3)
-    ptj.save_pretrained(ptj.init_random(config, seed=0), root / "model")
-    tok.save_pretrained(root / "model")
+    save_tiny_gpt2(root / "model", initializer_range=0.3)
     prompt = 0.3 * np.random.default_rng(0).normal(size=(4, 32)).astype(np.float32)
     np.save(root / "prompt.npy", prompt)
     (root / "data").mkdir()
@@ -51,19 +43,18 @@ def reference_texts(root, inputs, placement="suffix", **kw):
     return texts
 
 
+@pytest.mark.slow
 def test_cli_writes_one_prediction_per_example_and_metrics(setup, tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "prompt_tuning_jax.infer",
-           "--gin_file=models/gpt2.gin", "--gin_file=prompts/random.gin", "--gin_file=decoding/greedy.gin",
-           "--gin_file=runs/prompt_infer.gin",
+           "--gin_file=models/gpt2.gin", "--gin_file=prompts/random.gin",
+           "--gin_file=models/decoding/greedy.gin", "--gin_file=runs/prompt_infer.gin",
            f"--gin.INITIAL_CHECKPOINT_PATH='{setup / 'model'}'", "--gin.PROMPT_LENGTH=4",
            f"--gin.CHECKPOINT_PATH='{setup / 'prompt.npy'}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
            "--gin.MIXTURE_OR_TASK_NAME='sst2'", "--gin.BATCH_SIZE=4", "--gin.MAX_DECODE_LENGTH=3",
            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
            f"--gin.TASK_OVERRIDES={{'data_dir': '{setup / 'data'}', 'files': {{'validation': 'dev.tsv'}}}}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=cli_env(2), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wrote 6 predictions" in proc.stdout
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -78,14 +69,16 @@ def test_cli_writes_one_prediction_per_example_and_metrics(setup, tmp_path):
     assert not list(out.glob("*.tmp*"))
 
 
+@pytest.mark.slow
 def test_python_api_on_a_text_file_with_beam_search_over_a_mesh(setup, tmp_path):
     inputs = [s for s, _ in ROWS] + ["the story was moving ."]
     (tmp_path / "inputs.txt").write_text("\n".join(inputs) + "\n\n")
     spec = decoding.DecodeSpec(method="beam", num_beams=3, max_new_tokens=4)
     summary = infer(ModelSpec(str(setup / "model"), padding_side="left"),
                     PromptSpec(length=4, init="random_uniform", placement="prefix"),
+                    DataSpec(feature_lengths={"inputs": 16, "targets": 4}, batch_size=8),
                     str(setup / "prompt.npy"), str(tmp_path / "out"), inputs_file=str(tmp_path / "inputs.txt"),
-                    feature_lengths={"inputs": 16, "targets": 4}, batch_size=8, decoding=spec)
+                    decoding=spec)
     assert summary["examples"] == 7 and summary["metrics"] is None  # 8 devices: one row per data shard
     rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert [r["input"] for r in rows] == inputs and all("target" not in r for r in rows)
@@ -97,11 +90,11 @@ def test_python_api_on_a_text_file_with_beam_search_over_a_mesh(setup, tmp_path)
 def test_bad_arguments(setup, tmp_path):
     model, prompt = ModelSpec(str(setup / "model")), PromptSpec(length=4, init="random_uniform")
     with pytest.raises(ValueError, match="exactly one of"):
-        infer(model, prompt, None, str(tmp_path))
+        infer(model, prompt, DataSpec(), None, str(tmp_path))
     with pytest.raises(ValueError, match="cannot generate"):
-        infer(model, PromptSpec(length=4, head="linear", num_labels=2), None, str(tmp_path), task="sst2")
+        infer(model, PromptSpec(length=4, head="linear", num_labels=2), DataSpec("sst2"), None, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="CHECKPOINT_PATH"):
-        infer(model, prompt, str(tmp_path / "missing.npy"), str(tmp_path), task="sst2")
+        infer(model, prompt, DataSpec("sst2"), str(tmp_path / "missing.npy"), str(tmp_path))
 
 
 @pytest.mark.parametrize("name,want", [
@@ -114,7 +107,7 @@ def test_decoding_gin_files_build_a_decode_spec(name, want):
 
     from prompt_tuning_jax import cli
 
-    cli.parse_gin([f"decoding/{name}.gin"], [])
+    cli.parse_gin([f"models/decoding/{name}.gin"], [])
     try:
         spec = gin.get_configurable("ptj.DecodeSpec")()
     finally:

@@ -1,23 +1,18 @@
 """Real tokenizers and real data from ../shared/data, driven only by gin bindings (skipped without it)."""
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, shared_path
+from helpers import REPO, cli_env, shared_path
 
-
-def env():
-    e = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    return e
+pytestmark = pytest.mark.slow  # real tokenizers and data, minutes of CPU
 
 
 def cli(module, *args, timeout=900):
     proc = subprocess.run([sys.executable, "-m", f"prompt_tuning_jax.{module}", *args], capture_output=True,
-                          text=True, cwd=REPO, env=env(), timeout=timeout)
+                          text=True, cwd=REPO, env=cli_env(), timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -26,7 +21,7 @@ def random_checkpoint(folder, model, tokenizer, *overrides):
     cmd = [sys.executable, "scripts/make_random_checkpoint.py", model, str(folder), "--tokenizer", str(tokenizer)]
     for o in overrides:
         cmd += ["--override", o]
-    subprocess.run(cmd, check=True, cwd=REPO, env=env(), capture_output=True)
+    subprocess.run(cmd, check=True, cwd=REPO, env=cli_env(), capture_output=True)
     return folder
 
 
@@ -40,7 +35,7 @@ def test_gpt2_suffix_prompt_and_linear_head_on_sst2(tmp_path):
         "--gin_file=prompts/linear_head.gin", "--gin_file=runs/prompt_finetune.gin",
         f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'", f"--gin.MODEL_DIR='{out}'",
         "--gin.MIXTURE_OR_TASK_NAME='sst2'", "--gin.TRAIN_STEPS=20", "--gin.EVAL_PERIOD=20",
-        "--gin.BATCH_SIZE=16", "--gin.ptj.train.eval_batch_size=64", "--gin.ptj.train.progress=False")
+        "--gin.BATCH_SIZE=16", "--gin.ptj.DataSpec.eval_batch_size=64", "--gin.ptj.TrainSpec.progress=False")
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [0, 20] and 0 <= evals[-1]["accuracy"] <= 100
@@ -76,7 +71,8 @@ def test_released_sst2_prompt_with_rank_classification_on_t5(tmp_path):
 
 @pytest.mark.parametrize("task,extra", [
     ("rte", []),
-    ("ag_news", ["--gin.ptj.train.train_split='dev'", "--gin.EVAL_SPLIT='test'", "--gin.ptj.train.eval_limit=64"]),
+    ("ag_news", ["--gin.ptj.DataSpec.train_split='dev'", "--gin.EVAL_SPLIT='test'",
+                 "--gin.ptj.DataSpec.eval_limit=64"]),
 ])
 def test_sentence_pairs_and_four_classes_from_shared_files(tmp_path, task, extra):
     tok = shared_path("gpt2_tokenizer")
@@ -87,7 +83,7 @@ def test_sentence_pairs_and_four_classes_from_shared_files(tmp_path, task, extra
         "--gin_file=prompts/linear_head.gin", "--gin_file=runs/prompt_finetune.gin",
         f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'", f"--gin.MODEL_DIR='{out}'",
         f"--gin.MIXTURE_OR_TASK_NAME='{task}'", "--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=4",
-        "--gin.BATCH_SIZE=8", "--gin.ptj.train.progress=False", *extra)
+        "--gin.BATCH_SIZE=8", "--gin.ptj.TrainSpec.progress=False", *extra)
     best = json.loads((out / "best.json").read_text())
     assert "accuracy" in best["metrics"]
     head = np.load(out / "prompts" / "prompt_latest.npy")

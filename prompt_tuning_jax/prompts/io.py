@@ -27,7 +27,6 @@ import importlib.metadata
 import json
 import os
 import warnings
-from typing import Any
 
 import numpy as np
 
@@ -137,19 +136,10 @@ def export_peft(folder: str | os.PathLike, prompt, base_model_name_or_path: str 
     Returns the folder.
     """
     prompt = np.asarray(prompt, dtype=np.float32)
-    if prompt.ndim != 2:
-        raise ValueError(f"export_peft takes one [P, H] prompt, got shape {prompt.shape}")
-    if task_type not in PEFT_TASK_TYPES:
-        raise ValueError(f"unknown PEFT task_type {task_type!r}; use one of {PEFT_TASK_TYPES}")
-    if prompt_tuning_init not in PEFT_INITS:
-        raise ValueError(f"unknown prompt_tuning_init {prompt_tuning_init!r}; use one of {PEFT_INITS}")
-    if prompt_tuning_init == "TEXT" and not (tokenizer_name_or_path and prompt_tuning_init_text is not None):
-        raise ValueError("prompt_tuning_init='TEXT' needs tokenizer_name_or_path and prompt_tuning_init_text "
-                         "(PEFT refuses the config otherwise)")
     if num_transformer_submodules is None:
         num_transformer_submodules = 2 if task_type == "SEQ_2_SEQ_LM" else 1
-    if num_transformer_submodules not in (1, 2):
-        raise ValueError(f"num_transformer_submodules must be 1 or 2, got {num_transformer_submodules}")
+    _check_peft_args(prompt, task_type, prompt_tuning_init, prompt_tuning_init_text, tokenizer_name_or_path,
+                     num_transformer_submodules)
     if model_config is None and base_model_name_or_path and os.path.isfile(
             os.path.join(os.path.expanduser(base_model_name_or_path), "config.json")):
         model_config = os.path.expanduser(base_model_name_or_path)
@@ -182,14 +172,29 @@ def export_peft(folder: str | os.PathLike, prompt, base_model_name_or_path: str 
         if name in tensors:
             raise ValueError(f"extra_tensors may not replace {name!r}")
         tensors[name] = np.ascontiguousarray(value)
+    return _write_peft(os.fspath(folder), config, tensors)
 
+
+def _check_peft_args(prompt, task_type, prompt_tuning_init, prompt_tuning_init_text, tokenizer_name_or_path,
+                     num_transformer_submodules) -> None:
+    if prompt.ndim != 2:
+        raise ValueError(f"export_peft takes one [P, H] prompt, got shape {prompt.shape}")
+    if task_type not in PEFT_TASK_TYPES:
+        raise ValueError(f"unknown PEFT task_type {task_type!r}; use one of {PEFT_TASK_TYPES}")
+    if prompt_tuning_init not in PEFT_INITS:
+        raise ValueError(f"unknown prompt_tuning_init {prompt_tuning_init!r}; use one of {PEFT_INITS}")
+    if prompt_tuning_init == "TEXT" and not (tokenizer_name_or_path and prompt_tuning_init_text is not None):
+        raise ValueError("prompt_tuning_init='TEXT' needs tokenizer_name_or_path and prompt_tuning_init_text "
+                         "(PEFT refuses the config otherwise)")
+    if num_transformer_submodules not in (1, 2):
+        raise ValueError(f"num_transformer_submodules must be 1 or 2, got {num_transformer_submodules}")
+
+
+def _write_peft(folder: str, config: dict, tensors: dict[str, np.ndarray]) -> str:
     from safetensors.numpy import save as safetensors_bytes
 
-    data = safetensors_bytes(tensors, metadata={"format": "pt"})
-    folder = os.fspath(folder)
-    atomic_write(os.path.join(folder, PEFT_WEIGHTS_NAME), data)
-    text = json.dumps(config, indent=2, sort_keys=True)
-    atomic_write(os.path.join(folder, PEFT_CONFIG_NAME), text)
+    atomic_write(os.path.join(folder, PEFT_WEIGHTS_NAME), safetensors_bytes(tensors, metadata={"format": "pt"}))
+    atomic_write(os.path.join(folder, PEFT_CONFIG_NAME), json.dumps(config, indent=2, sort_keys=True))
     return folder
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_logits_close, make_gpt2, padded_batch
+from helpers import assert_logits_close, padded_batch, tiny_model, torch_model
 
 import prompt_tuning_jax as ptj
 
@@ -22,7 +22,7 @@ def torch_logits(model, ids, mask):
     {"activation_function": "relu", "scale_attn_by_inverse_layer_idx": True},
 ])
 def test_logits_match_transformers(tmp_path, rng, side, overrides):
-    hf = make_gpt2(tmp_path, **overrides)
+    hf = torch_model("gpt2", tmp_path, **overrides)
     model = ptj.from_pretrained(tmp_path)
     ids, mask = padded_batch(rng, hf.config.vocab_size, [9, 5, 1], 9, side=side)
     ours = jax.jit(lambda i, m: model(i, attention_mask=m))(ids, mask)
@@ -31,14 +31,15 @@ def test_logits_match_transformers(tmp_path, rng, side, overrides):
 
 
 def test_no_mask_is_all_real(tmp_path, rng):
-    hf = make_gpt2(tmp_path)
+    hf = torch_model("gpt2", tmp_path)
     model = ptj.from_pretrained(tmp_path)
     ids, mask = padded_batch(rng, hf.config.vocab_size, [7, 7], 7)
     assert_logits_close(model(ids), torch_logits(hf, ids, mask))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_is_close_to_float32(tmp_path, rng):
-    make_gpt2(tmp_path)
+    torch_model("gpt2", tmp_path)
     f32 = ptj.from_pretrained(tmp_path)
     bf16 = ptj.from_pretrained(tmp_path, dtype=jnp.bfloat16)
     ids, mask = padded_batch(rng, 211, [8, 6], 8)
@@ -50,7 +51,7 @@ def test_bfloat16_compute_is_close_to_float32(tmp_path, rng):
 
 
 def test_seam_composes_to_the_forward(tmp_path, rng):
-    make_gpt2(tmp_path)
+    torch_model("gpt2", tmp_path)
     model = ptj.from_pretrained(tmp_path)
     ids, mask = padded_batch(rng, 211, [6, 4], 6)
     via_seam = model.logits(model.forward_embeddings(model.embed(ids), mask))
@@ -61,7 +62,7 @@ def test_seam_composes_to_the_forward(tmp_path, rng):
 def test_every_parameter_has_logical_axes():
     from flax import nnx
 
-    model = ptj.init_random(ptj.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    model = tiny_model("gpt2", vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         axes = var.get_metadata().get("axes")
         assert axes is not None and len(axes) == var[...].ndim, path

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, assert_logits_close, make_gpt2, make_t5, padded_batch
+from helpers import REPO, assert_logits_close, padded_batch, torch_model
 
 import prompt_tuning_jax as ptj
 from prompt_tuning_jax.models import hf
@@ -17,15 +17,16 @@ def t5_call(model, ids, mask, dec, dec_mask):
     return model(ids, mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "t5-v1.0", "t5-v1.1"])
 def test_save_pretrained_round_trips_through_transformers(tmp_path, rng, family):
     import transformers
 
     src, out = tmp_path / "src", tmp_path / "out"
     if family == "gpt2":
-        make_gpt2(src)
+        torch_model("gpt2", src)
     else:
-        make_t5(src, untied=family == "t5-v1.1")
+        torch_model("t5", src, untied=family == "t5-v1.1")
     model = ptj.from_pretrained(src)
     ptj.save_pretrained(model, out)
     auto = transformers.AutoModelForSeq2SeqLM if family.startswith("t5") else transformers.AutoModelForCausalLM
@@ -51,7 +52,7 @@ def test_save_pretrained_round_trips_through_transformers(tmp_path, rng, family)
 def test_sharded_safetensors_with_index(tmp_path, rng):
     import transformers
 
-    make_gpt2(tmp_path / "one")
+    torch_model("gpt2", tmp_path / "one")
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "one")
     hf_model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
@@ -61,7 +62,7 @@ def test_sharded_safetensors_with_index(tmp_path, rng):
 
 
 def test_pytorch_bin_checkpoint(tmp_path, rng):
-    hf_model = make_gpt2(tmp_path / "st")
+    hf_model = torch_model("gpt2", tmp_path / "st")
     (tmp_path / "bin").mkdir()
     torch.save(hf_model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
     (tmp_path / "bin" / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
@@ -78,9 +79,9 @@ def test_same_logits_on_an_8_device_mesh(tmp_path, rng, family):
 
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     if family == "gpt2":
-        make_gpt2(tmp_path, n_embd=64, n_head=4, vocab_size=256)
+        torch_model("gpt2", tmp_path, n_embd=64, n_head=4, vocab_size=256)
     else:
-        make_t5(tmp_path, untied=True, vocab_size=256, d_ff=64)
+        torch_model("t5", tmp_path, untied=True, vocab_size=256, d_ff=64)
     single = ptj.from_pretrained(tmp_path)
     mesh = partitioning.make_mesh(data=2, model=4)
     sharded = ptj.from_pretrained(tmp_path, mesh=mesh)
@@ -122,7 +123,7 @@ def test_other_model_type(tmp_path):
 
 
 def test_missing_weights_file(tmp_path):
-    make_gpt2(tmp_path)
+    torch_model("gpt2", tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(hf.CheckpointError, match="no weights in"):
         ptj.from_pretrained(tmp_path)
@@ -136,14 +137,14 @@ def _rewrite_checkpoint(folder, edit):
 
 
 def test_missing_tensor_is_named(tmp_path):
-    make_gpt2(tmp_path)
+    torch_model("gpt2", tmp_path)
     _rewrite_checkpoint(tmp_path, lambda t: t.pop("transformer.h.1.mlp.c_fc.weight"))
     with pytest.raises(hf.CheckpointError, match=r"no tensor 'transformer\.h\.1\.mlp\.c_fc\.weight'.*\(48, 192\)"):
         ptj.from_pretrained(tmp_path)
 
 
 def test_wrong_shape_is_named(tmp_path):
-    make_t5(tmp_path)
+    torch_model("t5", tmp_path)
     key = "encoder.block.1.layer.1.DenseReluDense.wi.weight"
     _rewrite_checkpoint(tmp_path, lambda t: t.update({key: np.zeros((65, 32), np.float32)}))
     with pytest.raises(hf.CheckpointError, match=rf"model.safetensors: tensor '{key}' has shape \(65, 32\).*\(64, 32\)"):
@@ -161,7 +162,7 @@ def test_command_line_error_is_one_line(tmp_path):
 
 
 def test_command_line_info_describes_a_model(tmp_path):
-    make_t5(tmp_path, untied=True)
+    torch_model("t5", tmp_path, untied=True)
     proc = subprocess.run([sys.executable, "-m", "prompt_tuning_jax.info", str(tmp_path)], capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import assert_logits_close, make_t5, padded_batch
+from helpers import assert_logits_close, padded_batch, torch_model
 
 import prompt_tuning_jax as ptj
 
@@ -26,7 +26,7 @@ CASES = {
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_logits_match_transformers(tmp_path, rng, side, case):
-    hf = make_t5(tmp_path, **CASES[case])
+    hf = torch_model("t5", tmp_path, **CASES[case])
     model = ptj.from_pretrained(tmp_path)
     assert model.config.tie_word_embeddings == (not CASES[case]["untied"])
     assert model.config.scale_decoder_outputs == (not CASES[case]["untied"])
@@ -39,11 +39,12 @@ def test_logits_match_transformers(tmp_path, rng, side, case):
     assert_logits_close(ours, torch_logits(hf, ids, mask, dec, dec_mask), dec_mask)
 
 
+@pytest.mark.slow
 def test_hub_style_config_untied(tmp_path, rng):
     """Real v1.1 hub configs say tie_word_embeddings: false (and lack scale_decoder_outputs)."""
     import json
 
-    hf = make_t5(tmp_path, untied=True)
+    hf = torch_model("t5", tmp_path, untied=True)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg.pop("scale_decoder_outputs", None)
     cfg["tie_word_embeddings"] = False

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import shared_path
+from helpers import shared_path
 
 from prompt_tuning_jax.prompts import initializers as inits
 from prompt_tuning_jax.prompts.io import save_prompt

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from helpers import shared_path, torch_model
 
 from prompt_tuning_jax.prompts import io
 
@@ -95,21 +95,16 @@ def test_released_prompt_loads_unchanged():
 
 # --- PEFT ------------------------------------------------------------------------------------------
 
-def tiny_gpt2(folder=None):
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000))
-    if folder is not None:
-        model.save_pretrained(folder)
-    return model.eval()
+# The transformers models PEFT wraps: hidden 64, vocab 1000, 4 heads, transformers' own initialisation.
+PEFT_SIZES = {
+    "gpt2": dict(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=1024),
+    "t5": dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, vocab_size=1000, decoder_start_token_id=0,
+               relative_attention_num_buckets=32, relative_attention_max_distance=128),
+}
 
 
-def tiny_t5(folder=None):
-    torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(transformers.T5Config(
-        d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, vocab_size=1000, decoder_start_token_id=0))
-    if folder is not None:
-        model.save_pretrained(folder)
-    return model.eval()
+def peft_base(family, folder=None):
+    return torch_model(family, folder, random_norms=False, **PEFT_SIZES[family])
 
 
 def peft_saved(model, task_type, folder):
@@ -132,8 +127,9 @@ def assert_config_like_peft(ours, theirs):
 
 @pytest.mark.parametrize("family", ["gpt2", "t5"])
 def test_export_loads_in_peft(tmp_path, family):
-    make, task, embed = ((tiny_gpt2, "CAUSAL_LM", lambda m: m.transformer.wte) if family == "gpt2"
-                         else (tiny_t5, "SEQ_2_SEQ_LM", lambda m: m.shared))
+    task, embed = (("CAUSAL_LM", lambda m: m.transformer.wte) if family == "gpt2"
+                   else ("SEQ_2_SEQ_LM", lambda m: m.shared))
+    make = lambda folder=None: peft_base(family, folder)
     make(tmp_path / "base")
     prompt = random_prompt(64)
     io.export_peft(tmp_path / "ours", prompt, str(tmp_path / "base"), task)
@@ -169,7 +165,7 @@ def test_export_loads_in_peft(tmp_path, family):
 
 def test_peft_seq2seq_ignores_decoder_rows(tmp_path):
     """PEFT's SEQ_2_SEQ_LM prompt table has 2P rows; rows [P, 2P) are never used nor trained."""
-    model = tiny_t5()
+    model = peft_base("t5")
     pm = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=P))
     weight = pm.prompt_encoder["default"].embedding.weight
     assert weight.shape == (2 * P, 64)
@@ -189,8 +185,8 @@ def test_peft_seq2seq_ignores_decoder_rows(tmp_path):
 
 @pytest.mark.parametrize("family", ["gpt2", "t5"])
 def test_import_peft_saved_adapter(tmp_path, family):
-    make, task = (tiny_gpt2, "CAUSAL_LM") if family == "gpt2" else (tiny_t5, "SEQ_2_SEQ_LM")
-    weight = peft_saved(make(), task, tmp_path / "adapter")
+    task = "CAUSAL_LM" if family == "gpt2" else "SEQ_2_SEQ_LM"
+    weight = peft_saved(peft_base(family), task, tmp_path / "adapter")
     prompt, config = io.import_peft(tmp_path / "adapter")
     assert prompt.dtype == np.float32 and prompt.shape == (P, 64)
     np.testing.assert_array_equal(prompt, weight[:P])  # for T5: the encoder rows
@@ -215,7 +211,7 @@ def test_export_import_round_trip_and_seq_cls_head(tmp_path):
 
 
 def test_export_errors(tmp_path):
-    tiny_gpt2(tmp_path / "base")
+    peft_base("gpt2", tmp_path / "base")
     with pytest.raises(ValueError, match="task_type"):
         io.export_peft(tmp_path / "a", random_prompt(64), None, "CLM")
     with pytest.raises(ValueError, match="one \\[P, H\\] prompt"):

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_logits_close, make_gpt2, make_t5, padded_batch, shared_path
 from flax import nnx
+from helpers import assert_logits_close, padded_batch, shared_path, tiny_model, torch_model
 
 import prompt_tuning_jax as ptj
 from prompt_tuning_jax.prompts import combine
@@ -55,7 +55,7 @@ def peft_model(hf, task_type, prompt):
 
 
 def test_gpt2_prefix_matches_peft(tmp_path, rng):
-    hf = make_gpt2(tmp_path)
+    hf = torch_model("gpt2", tmp_path)
     prompt = rng.normal(size=(5, 48)).astype(np.float32)
     ids, mask = padded_batch(rng, 211, [9, 4, 1], 9, side="right")
     with torch.no_grad():
@@ -66,8 +66,9 @@ def test_gpt2_prefix_matches_peft(tmp_path, rng):
     assert_logits_close(out.logits, theirs, out.attention_mask)
 
 
+@pytest.mark.slow
 def test_t5_prefix_matches_peft(tmp_path, rng):
-    hf = make_t5(tmp_path, untied=True)
+    hf = torch_model("t5", tmp_path, untied=True)
     prompt = rng.normal(size=(4, 32)).astype(np.float32)
     ids, mask = padded_batch(rng, 199, [8, 3], 8, side="right")
     dec, dec_mask = padded_batch(rng, 199, [3, 2], 3)
@@ -103,9 +104,10 @@ def torch_suffix_reference(hf, ids, mask, prompt, head_w=None, head_b=None):
     return next_logits, classes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_gpt2_suffix_matches_pytorch_reference(tmp_path, rng, side):
-    hf = make_gpt2(tmp_path)
+    hf = torch_model("gpt2", tmp_path)
     prompt = rng.normal(size=(3, 48)).astype(np.float32)
     ids, mask = padded_batch(rng, 211, [7, 2, 5], 7, side=side, pad_id=0)
     prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path), 3, prompt, placement="suffix", head="linear",
@@ -124,13 +126,12 @@ def test_gpt2_suffix_matches_pytorch_reference(tmp_path, rng, side):
 
 # --- the wrapper ------------------------------------------------------------------------
 
-def tiny_gpt2(**kw):
-    cfg = ptj.GPT2Config(vocab_size=97, n_positions=32, n_embd=16, n_layer=2, n_head=2)
-    return ptj.init_random(cfg, **kw)
+SMALL = dict(vocab_size=97, n_positions=32, n_embd=16, n_head=2)  # sizes for tiny_model("gpt2", **SMALL)
 
 
+@pytest.mark.slow
 def test_gradients_only_for_prompt_and_head(rng):
-    prompted = ptj.with_prompt(tiny_gpt2(), 4, None, placement="suffix", head="linear", num_labels=3)
+    prompted = ptj.with_prompt(tiny_model("gpt2", **SMALL), 4, None, placement="suffix", head="linear", num_labels=3)
     graphdef, trainable, frozen = nnx.split(prompted, Trainable, ...)
     ids, mask = padded_batch(rng, 97, [6, 3], 6)
     labels = jnp.array([0, 2])
@@ -150,8 +151,9 @@ def test_gradients_only_for_prompt_and_head(rng):
     assert (16, 48) not in shapes and (16, 64) not in shapes and (64, 16) not in shapes
 
 
+@pytest.mark.slow
 def test_multitask_batch_uses_each_examples_prompt(rng):
-    model = tiny_gpt2()
+    model = tiny_model("gpt2", **SMALL)
     prompts = rng.normal(size=(3, 4, 16)).astype(np.float32)
     multi = ptj.with_prompt(model, 4, prompts, placement="suffix", num_tasks=3)
     assert multi.prompt.shape == (3, 4, 16)
@@ -166,27 +168,30 @@ def test_multitask_batch_uses_each_examples_prompt(rng):
         multi(ids, mask)
 
 
+@pytest.mark.slow
 def test_head_validation():
     with pytest.raises(ValueError, match="num_labels=1 means regression"):
-        ptj.with_prompt(tiny_gpt2(), 2, None, head="linear", num_labels=1)
-    reg = ptj.with_prompt(tiny_gpt2(), 2, None, head="linear", num_labels=1, regression=True)
+        ptj.with_prompt(tiny_model("gpt2", **SMALL), 2, None, head="linear", num_labels=1)
+    reg = ptj.with_prompt(tiny_model("gpt2", **SMALL), 2, None, head="linear", num_labels=1, regression=True)
     assert reg(np.ones((2, 3), np.int32)).prediction.shape == (2,)
     with pytest.raises(ValueError, match="needs num_labels"):
-        ptj.with_prompt(tiny_gpt2(), 2, None, head="linear")
+        ptj.with_prompt(tiny_model("gpt2", **SMALL), 2, None, head="linear")
 
 
+@pytest.mark.slow
 def test_bfloat16_model_keeps_a_float32_prompt(rng):
-    prompted = ptj.with_prompt(tiny_gpt2(dtype=jnp.bfloat16), 3, None)
+    prompted = ptj.with_prompt(tiny_model("gpt2", dtype=jnp.bfloat16, **SMALL), 3, None)
     assert prompted.prompt.dtype == jnp.float32
     out = prompted(*padded_batch(rng, 97, [4], 4))
     assert out.logits.dtype == jnp.float32 and np.isfinite(np.asarray(out.logits)).all()
 
 
+@pytest.mark.slow
 def test_rank_classification_matches_pytorch(tmp_path, rng):
     """GPT-2: score each label string after the suffix prompt; compare with a direct PyTorch computation."""
     from prompt_tuning_jax.heads import rank_classification
 
-    hf = make_gpt2(tmp_path)
+    hf = torch_model("gpt2", tmp_path)
     prompt = rng.normal(size=(2, 48)).astype(np.float32)
     prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path), 2, prompt, placement="suffix")
     ids, mask = padded_batch(rng, 211, [5, 3], 5)
@@ -206,10 +211,11 @@ def test_rank_classification_matches_pytorch(tmp_path, rng):
             np.testing.assert_allclose(got[i, c], want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_t5_rank_classification_matches_direct_scoring(tmp_path, rng):
     from prompt_tuning_jax.heads import rank_classification, token_log_likelihood
 
-    make_t5(tmp_path, untied=True)
+    torch_model("t5", tmp_path, untied=True)
     prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path), 3, rng.normal(size=(3, 32)).astype(np.float32))
     ids, mask = padded_batch(rng, 199, [6, 4], 6)
     labels, label_mask = np.array([[5, 1], [9, 1]]), np.ones((2, 2), np.int32)
@@ -243,6 +249,7 @@ def test_released_prompt_into_t5_small_fails_clearly():
         ptj.with_prompt(abstract_t5("t5-v1_1-small"), 100, str(path))
 
 
+@pytest.mark.slow
 def test_prompt_exported_to_peft_runs_in_peft_and_comes_back(tmp_path, rng):
     """Train-side prompt -> PEFT adapter folder -> PeftModel gives our logits; import_peft gives our array."""
     import transformers
@@ -250,7 +257,7 @@ def test_prompt_exported_to_peft_runs_in_peft_and_comes_back(tmp_path, rng):
 
     from prompt_tuning_jax.prompts.io import export_peft, import_peft
 
-    make_gpt2(tmp_path / "base")
+    torch_model("gpt2", tmp_path / "base")
     prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path / "base"), 6, None, placement="prefix", seed=3)
     export_peft(tmp_path / "adapter", np.asarray(prompted.prompt), str(tmp_path / "base"), "CAUSAL_LM")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base").eval()

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, train_cmd
+from helpers import REPO, cli_env, train_cmd
 
 
 def run(cmd, devices=1, timeout=300):
@@ -20,10 +20,11 @@ def final_prompt(model_dir):
     return np.load(os.path.join(model_dir, "prompts", "prompt_latest.npy"))
 
 
-def test_train_writes_a_readable_record(tmp_path, tiny_gpt2):
+@pytest.mark.slow
+def test_train_writes_a_readable_record(tmp_path, tiny_gpt2_dir):
     out = tmp_path / "run"
-    proc = run(train_cmd(out, tiny_gpt2, "--gin.TRAIN_STEPS=20", "--gin.EVAL_PERIOD=10",
-                         "--gin.CHECKPOINT_PERIOD=10", "--gin.ptj.train.eval_limit=40"))
+    proc = run(train_cmd(out, tiny_gpt2_dir, "--gin.TRAIN_STEPS=20", "--gin.EVAL_PERIOD=10",
+                         "--gin.CHECKPOINT_PERIOD=10", "--gin.ptj.DataSpec.eval_limit=40"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained 20 steps" in proc.stdout
     for name in ("metrics.jsonl", "metrics.csv", "best.json", "plots/train_loss.png", "plots/eval_metrics.png",
@@ -35,14 +36,15 @@ def test_train_writes_a_readable_record(tmp_path, tiny_gpt2):
     assert sorted(os.listdir(out / "checkpoints")) == ["10", "20"]
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_gpt2):
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_gpt2_dir):
     steps = ["--gin.TRAIN_STEPS=30", "--gin.CHECKPOINT_PERIOD=10"]
     straight = tmp_path / "straight"
-    assert run(train_cmd(straight, tiny_gpt2, *steps)).returncode == 0
+    assert run(train_cmd(straight, tiny_gpt2_dir, *steps)).returncode == 0
 
     killed = tmp_path / "killed"
     # Slow the steps down with a huge log period? No: kill as soon as checkpoint 10 exists.
-    proc = subprocess.Popen(train_cmd(killed, tiny_gpt2, *steps, "--gin.ptj.train.prefetch=0"), cwd=REPO,
+    proc = subprocess.Popen(train_cmd(killed, tiny_gpt2_dir, *steps, "--gin.ptj.DataSpec.prefetch=0"), cwd=REPO,
                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while not (killed / "prompts" / "prompt_10.npy").exists() and proc.poll() is None and time.time() < deadline:
@@ -51,7 +53,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_gpt2):
     proc.wait()
     done = sorted(int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit())
     assert done and done[-1] < 30, f"the run was not interrupted (checkpoints {done})"
-    resumed = run(train_cmd(killed, tiny_gpt2, *steps))
+    resumed = run(train_cmd(killed, tiny_gpt2_dir, *steps))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     np.testing.assert_array_equal(final_prompt(killed), final_prompt(straight))
     losses = lambda d: [r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
@@ -59,9 +61,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_gpt2):
     np.testing.assert_allclose(losses(killed), losses(straight), rtol=1e-6)
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path, tiny_gpt2):
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path, tiny_gpt2_dir):
     out = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(out, tiny_gpt2, "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=0"),
+    proc = subprocess.Popen(train_cmd(out, tiny_gpt2_dir, "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=0"),
                             cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
@@ -81,16 +84,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path, tiny_gpt2):
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, tiny_gpt2_dir):
     """A 2-host run (CPU, gloo), each host feeding half of every batch, gives the 1-host prompt."""
     steps = ["--gin.TRAIN_STEPS=12", "--gin.CHECKPOINT_PERIOD=6", "--gin.EVAL_PERIOD=6",
-             "--gin.ptj.train.eval_limit=21"]
+             "--gin.ptj.DataSpec.eval_limit=21"]
     single = tmp_path / "single"
-    one = run(train_cmd(single, tiny_gpt2, *steps))
+    one = run(train_cmd(single, tiny_gpt2_dir, *steps))
     assert one.returncode == 0, one.stderr[-3000:]
     multi = tmp_path / "multi"
     port = _free_port()
-    procs = [subprocess.Popen(train_cmd(multi, tiny_gpt2, *steps, f"--coordinator_address=127.0.0.1:{port}",
+    procs = [subprocess.Popen(train_cmd(multi, tiny_gpt2_dir, *steps, f"--coordinator_address=127.0.0.1:{port}",
                                         "--num_processes=2", f"--process_id={i}"),
                               cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
@@ -106,11 +110,11 @@ def test_two_processes_match_one(tmp_path, tiny_gpt2):
 
 
 @pytest.mark.parametrize("flag,needle", [
-    ("--gin.ptj.train.bach_size=3", "bach_size"),
+    ("--gin.ptj.DataSpec.bach_size=3", "bach_size"),
     ("--gin.ptj.trian.steps=3", "trian"),
 ])
-def test_misspelled_binding_is_one_clear_line(tmp_path, tiny_gpt2, flag, needle):
-    proc = run(train_cmd(tmp_path / "x", tiny_gpt2, flag))
+def test_misspelled_binding_is_one_clear_line(tmp_path, tiny_gpt2_dir, flag, needle):
+    proc = run(train_cmd(tmp_path / "x", tiny_gpt2_dir, flag))
     assert proc.returncode == 2
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
@@ -129,17 +133,18 @@ def test_unknown_gin_file(tmp_path):
     assert proc.returncode == 2 and "models/gpt3.gin not found" in proc.stderr
 
 
-def test_eval_command_restores_prompt_and_head_from_a_run(tmp_path, tiny_gpt2):
+@pytest.mark.slow
+def test_eval_command_restores_prompt_and_head_from_a_run(tmp_path, tiny_gpt2_dir):
     out = tmp_path / "run"
-    assert run(train_cmd(out, tiny_gpt2, "--gin.TRAIN_STEPS=10", "--gin.EVAL_PERIOD=10",
-                         "--gin.ptj.train.eval_limit=24")).returncode == 0
+    assert run(train_cmd(out, tiny_gpt2_dir, "--gin.TRAIN_STEPS=10", "--gin.EVAL_PERIOD=10",
+                         "--gin.ptj.DataSpec.eval_limit=24")).returncode == 0
     trained = json.loads((out / "best.json").read_text())
     proc = run([sys.executable, "-m", "prompt_tuning_jax.eval", "--gin_file=models/gpt2.gin",
                 "--gin_file=prompts/from_sampled_vocab.gin", "--gin_file=prompts/linear_head.gin",
-                "--gin_file=runs/prompt_eval.gin", f"--gin.INITIAL_CHECKPOINT_PATH='{tiny_gpt2}'",
+                "--gin_file=runs/prompt_eval.gin", f"--gin.INITIAL_CHECKPOINT_PATH='{tiny_gpt2_dir}'",
                 f"--gin.CHECKPOINT_PATH='{out}'", f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'",
                 "--gin.MIXTURE_OR_TASK_NAME='demo_sentiment'", "--gin.PROMPT_LENGTH=4",
-                "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.ptj.evaluate.limit=24"])
+                "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.ptj.DataSpec.eval_limit=24"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     final = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "eval"]

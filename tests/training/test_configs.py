@@ -1,25 +1,49 @@
-"""Every shipped gin file parses and builds its objects; the order rule holds."""
+"""Every shipped gin file parses and builds its objects; the order rule holds.
+
+Layout (prompt_tuning_jax/configs/): models/ (family files *_prompt.gin, the shared t5_common.gin and
+combined family+size files), models/sizes/, models/decoding/, prompts/, runtime/ and runs/.
+"""
+import inspect
+import pathlib
+
 import gin
 import pytest
-from conftest import REPO
 
-from prompt_tuning_jax import cli, run
-from prompt_tuning_jax.models import preset
+from prompt_tuning_jax import cli, experiments
+from prompt_tuning_jax.experiments.specs import INIT_KINDS
+from prompt_tuning_jax.models import HUB_IDS, preset
 
-CONFIGS = REPO / "configs"
-MODELS = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "models").glob("*.gin")
-                if not p.stem.endswith("common"))
-PROMPTS = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "prompts").glob("*.gin")
-                 if p.stem not in ("common", "linear_head"))
-SIZES = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "sizes").glob("*.gin"))
-DECODING = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "decoding").glob("*.gin"))
+CONFIGS = pathlib.Path(cli.CONFIG_DIR)
+
+
+def _files(folder, keep=lambda stem: True):
+    return sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / folder).glob("*.gin") if keep(p.stem))
+
+
+# Combined family + size files (the old names: models/gpt2.gin, models/t5_1_1_lm100k_base.gin, ...).
+MODELS = _files("models", lambda s: not s.endswith("_prompt") and not s.endswith("_common"))
+# Family files (models/<family>_prompt.gin): pair one with a size from models/sizes/.
+FAMILIES = [pathlib.PurePath(f).stem.removesuffix("_prompt") for f in _files("models", lambda s: s.endswith("_prompt"))]
+SIZES = _files("models/sizes")
+PROMPTS = _files("prompts", lambda s: s not in ("common", "linear_head"))
+RUNTIME = _files("runtime")
+DECODING = _files("models/decoding")
+RUNS = _files("runs")
 REQUIRED = ["MODEL_DIR='/tmp/x'", "MIXTURE_OR_TASK_NAME='sst2'", "PROMPT_TEXT='classify the sentiment'",
             "PROMPT_FILE='/tmp/p.npy'", "CHECKPOINT_PATH='/tmp/x'", "EVAL_OUTPUT_DIR='/tmp/e'"]
+FAMILY_SIZES = [(family, size) for family in FAMILIES for size in HUB_IDS[family]]
+# The demo model file builds the demo checkpoint (pretrained in code, ~20 s) unless it is cached.
+MODEL_PARAMS = [pytest.param(f, marks=pytest.mark.slow) if "demo" in f else f for f in MODELS]
 
 
 @gin.configurable("capture")
 def capture(model=None, prompt=None, optimizer=None, mesh_shape=None, accum=None):
     return model, prompt, optimizer, mesh_shape, accum
+
+
+@gin.configurable("capture_decoding")
+def capture_decoding(spec=None):
+    return spec
 
 
 def build(files, bindings=()):
@@ -34,22 +58,74 @@ def build(files, bindings=()):
 
 
 def test_there_are_configs_of_every_kind():
-    assert len(MODELS) >= 25 and len(PROMPTS) == 5 and SIZES
-    assert {p.name for p in (CONFIGS / "runs").glob("*.gin")} == {"prompt_finetune.gin", "prompt_eval.gin",
-                                                                   "prompt_infer.gin", "demo.gin"}
+    assert len(MODELS) >= 25 and len(PROMPTS) == 5 and RUNTIME
+    assert set(FAMILIES) == set(HUB_IDS) == {"gpt2", "t5", "t5_1_1", "t5_1_1_lm100k", "flan_t5"}
+    assert {f"models/sizes/{s}.gin" for sizes in HUB_IDS.values() for s in sizes} == set(SIZES)
+    assert {pathlib.PurePath(p).name for p in RUNS} == {"prompt_finetune.gin", "prompt_eval.gin",
+                                                        "prompt_infer.gin", "demo.gin"}
     assert len(DECODING) == 3
+    assert {p.stem for p in (CONFIGS / "runtime").glob("*.gin")} == {"bfloat16", "model_parallel_8",
+                                                                     "grad_accum_4"}
+    for folder in [CONFIGS, *(p for p in CONFIGS.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+        assert (folder / "__init__.py").exists(), folder  # shipped as package data
 
 
-@pytest.mark.parametrize("model_file", MODELS)
+@pytest.mark.parametrize("model_file", MODEL_PARAMS)
 def test_every_model_file_builds(model_file):
     model, prompt, optimizer, mesh, accum = build([model_file, "prompts/random.gin", "runs/prompt_finetune.gin"])
-    assert isinstance(model, run.ModelSpec) and isinstance(prompt, run.PromptSpec)
+    assert isinstance(model, experiments.ModelSpec) and isinstance(prompt, experiments.PromptSpec)
     assert mesh == (-1, 1) and accum == 1 and hasattr(optimizer, "update")
     if "demo" not in model_file:
         assert preset(model.path) is not None  # a released size we know the architecture of
     t5 = "t5" in model_file
     assert prompt.placement == ("prefix" if t5 else "suffix")
     assert prompt.length == (100 if t5 else 8 if "demo" in model_file else 20)
+
+
+@pytest.mark.parametrize("family,size", FAMILY_SIZES)
+def test_every_family_file_builds_with_every_size_it_has(family, size):
+    model, prompt, optimizer, mesh, accum = build([f"models/{family}_prompt.gin", f"models/sizes/{size}.gin",
+                                                   "prompts/random.gin", "runs/prompt_finetune.gin"])
+    assert model.path == HUB_IDS[family][size]
+    assert preset(model.path) is not None
+    assert mesh == (-1, 1) and accum == 1 and hasattr(optimizer, "update")
+    assert prompt.placement == ("suffix" if family == "gpt2" else "prefix")
+
+
+@pytest.mark.parametrize("family,default", [("gpt2", "small"), ("t5", "base"), ("t5_1_1", "base"),
+                                            ("t5_1_1_lm100k", "base"), ("flan_t5", "base")])
+def test_family_file_alone_picks_its_default_size(family, default):
+    model, *_ = build([f"models/{family}_prompt.gin", "prompts/random.gin", "runs/prompt_finetune.gin"])
+    assert model.path == HUB_IDS[family][default]
+
+
+def test_combined_files_name_their_hub_id():
+    for family in FAMILIES:
+        for size, hub in HUB_IDS[family].items():
+            name = family if (family, size) == ("gpt2", "small") else f"{family}_{size}"
+            model, *_ = build([f"models/{name}.gin", "prompts/random.gin", "runs/prompt_finetune.gin"])
+            assert model.path == hub, name
+
+
+@pytest.mark.parametrize("files,want", [
+    (["models/t5_1_1_lm100k_base.gin", "models/sizes/xxl.gin"], "google/t5-xxl-lm-adapt"),
+    (["models/gpt2.gin", "models/sizes/large.gin"], "gpt2-large"),
+    (["models/t5_base.gin", "models/sizes/11b.gin"], "t5-11b"),
+])
+def test_a_size_file_after_a_combined_file_wins(files, want):
+    model, *_ = build([*files, "prompts/random.gin", "runs/prompt_finetune.gin"])
+    assert model.path == want
+
+
+def test_a_size_the_family_does_not_have_is_a_clear_error():
+    with pytest.raises(ValueError, match="gpt2 has no size 'xxl'"):
+        build(["models/gpt2_prompt.gin", "models/sizes/xxl.gin", "prompts/random.gin", "runs/prompt_finetune.gin"])
+
+
+def test_an_explicit_checkpoint_path_beats_the_size():
+    model, *_ = build(["models/t5_1_1_lm100k_base.gin", "prompts/random.gin", "runs/prompt_finetune.gin"],
+                      ["INITIAL_CHECKPOINT_PATH='/ckpt/t5'"])
+    assert model.path == "/ckpt/t5"
 
 
 def test_paper_defaults_for_t5():
@@ -69,39 +145,52 @@ def test_paper_defaults_for_t5():
 @pytest.mark.parametrize("prompt_file", PROMPTS)
 def test_every_prompt_file_builds(prompt_file):
     _, prompt, _, _, _ = build(["models/gpt2.gin", prompt_file, "runs/prompt_finetune.gin"])
-    assert prompt.init in run.INIT_KINDS and prompt.length == 20
+    assert prompt.init in INIT_KINDS and prompt.length == 20
 
 
-@pytest.mark.parametrize("size_file", SIZES)
-def test_sizes_override_model_defaults_even_with_runs_last(size_file):
-    model, _, _, mesh, accum = build(["models/t5_1_1_xl.gin", "prompts/random.gin", size_file,
+@pytest.mark.parametrize("runtime_file", RUNTIME)
+def test_runtime_overrides_model_defaults_even_with_runs_last(runtime_file):
+    model, _, _, mesh, accum = build(["models/t5_1_1_xl.gin", "prompts/random.gin", runtime_file,
                                       *DECODING[:1], "runs/prompt_finetune.gin"])
-    if "model_parallel" in size_file:
+    if "model_parallel" in runtime_file:
         assert mesh == (-1, 8) and model.dtype == "bfloat16" and model.remat
-    if "bfloat16" in size_file:
+        assert model.param_dtype == "bfloat16"
+    if "bfloat16" in runtime_file:
         assert model.dtype == "bfloat16"
-    if "accum" in size_file:
+    if "accum" in runtime_file:
         assert accum == 4
 
 
-@pytest.mark.parametrize("run_file", ["runs/prompt_finetune.gin", "runs/prompt_eval.gin", "runs/prompt_infer.gin"])
-def test_run_files_bind_every_required_argument(run_file):
-    import inspect
+@pytest.mark.parametrize("decoding_file", DECODING)
+def test_decoding_files_build_a_decode_spec_for_infer(decoding_file):
+    cli.parse_gin(["models/gpt2.gin", "prompts/random.gin", decoding_file, "runs/prompt_infer.gin"], REQUIRED)
+    gin.parse_config(["capture_decoding.spec = %DECODING"])
+    try:
+        spec = capture_decoding()
+    finally:
+        gin.clear_config()
+    assert isinstance(spec, experiments.DecodeSpec)
+    method = {"greedy": "greedy", "beam": "beam", "sampling": "sample"}[pathlib.PurePath(decoding_file).stem]
+    assert spec.method == method
 
-    from prompt_tuning_jax import infer
 
+@pytest.mark.parametrize("run_file,fn,name", [
+    ("runs/prompt_finetune.gin", experiments.train, "ptj.train"),
+    ("runs/prompt_eval.gin", experiments.evaluate, "ptj.evaluate"),
+    ("runs/prompt_infer.gin", experiments.infer, "ptj.infer"),
+])
+def test_run_files_bind_every_required_argument(run_file, fn, name):
     cli.parse_gin(["models/gpt2.gin", "prompts/from_class_labels.gin", run_file], REQUIRED)
     try:
-        fn, name = {"runs/prompt_finetune.gin": (run.train, "ptj.train"),
-                    "runs/prompt_eval.gin": (run.evaluate, "ptj.evaluate"),
-                    "runs/prompt_infer.gin": (infer.infer, "ptj.infer")}[run_file]
         required = [p for p, v in inspect.signature(fn).parameters.items() if v.default is inspect.Parameter.empty]
+        assert required
         for param in required:
             gin.query_parameter(f"{name}.{param}")  # raises if unbound
     finally:
         gin.clear_config()
 
 
+@pytest.mark.slow  # builds the demo checkpoint unless it is cached
 def test_demo_run_file_is_complete():
     model, prompt, *_ = build(["runs/demo.gin"])
     assert prompt.head == "linear" and prompt.placement == "suffix"

@@ -1,20 +1,23 @@
-"""`run.train` from Python (no gin): multi-task mixtures with one prompt per task."""
+"""`experiments.train` from Python (no gin): multi-task mixtures with one prompt per task."""
 import dataclasses
 import json
 
 import numpy as np
+import pytest
 
-from prompt_tuning_jax import run
 from prompt_tuning_jax.data import get_task, register_task
+from prompt_tuning_jax.experiments import DataSpec, ModelSpec, PromptSpec, TrainSpec, train
 
 
-def test_mixture_trains_one_prompt_per_task_and_reports_each(tmp_path, tiny_gpt2):
+@pytest.mark.slow
+def test_mixture_trains_one_prompt_per_task_and_reports_each(tmp_path, tiny_gpt2_dir):
     base = get_task("demo_sentiment")
     register_task(dataclasses.replace(base, name="demo_sentiment_words", label_names=("dull", "great")),
                   overwrite=True)
-    summary = run.train(str(tmp_path / "mix"), run.ModelSpec(tiny_gpt2), run.PromptSpec(length=3, init="sampled_vocab"),
-                        ["demo_sentiment", "demo_sentiment_words"], {"inputs": 32, "targets": 4}, batch_size=8,
-                        steps=6, eval_every=6, eval_limit=16, progress=False)
+    summary = train(str(tmp_path / "mix"), ModelSpec(tiny_gpt2_dir), PromptSpec(length=3, init="sampled_vocab"),
+                    DataSpec(["demo_sentiment", "demo_sentiment_words"], {"inputs": 32, "targets": 4}, batch_size=8,
+                             eval_limit=16),
+                    TrainSpec(steps=6, eval_every=6, progress=False))
     assert summary["prompt"].shape == (2, 3, 32)  # [K, P, H]
     assert set(summary["eval"]) == {"demo_sentiment/accuracy", "demo_sentiment_words/accuracy"}
     assert np.load(tmp_path / "mix" / "prompts" / "prompt_latest.npy").shape == (2, 3, 32)

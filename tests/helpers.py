@@ -1,0 +1,177 @@
+"""Plain helpers shared by the tests: `from helpers import ...` (tests/ is on sys.path through conftest.py).
+
+Things that are built once and shared (checkpoint folders) are fixtures in conftest.py; this module holds
+functions only. The one tiny-model builder is here:
+
+    tiny_config("gpt2", n_embd=32)          # our GPT2Config / T5Config with small defaults (TINY)
+    tiny_model("t5", untied=True, seed=1)   # our Flax model with random weights (ptj.init_random)
+    torch_model("gpt2", folder)             # the transformers reference, saved with save_pretrained
+    save_tiny_gpt2(folder)                  # our random GPT-2 + the demo's word-level tokenizer, as a HF folder
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("PTJ_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_path(*parts) -> pathlib.Path:
+    """A path in ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found (set PTJ_SHARED_DATA to the shared data folder)")
+    return path
+
+
+# --- batches and comparisons ------------------------------------------------------------
+
+
+def padded_batch(rng, vocab, lengths, total, side="right", pad_id=0):
+    """input_ids and attention_mask [B, total] with the given real lengths, padded on `side`."""
+    ids = rng.integers(1, vocab, size=(len(lengths), total)).astype(np.int32)
+    mask = np.zeros((len(lengths), total), np.int32)
+    for i, n in enumerate(lengths):
+        if side == "right":
+            mask[i, :n] = 1
+        else:
+            mask[i, total - n:] = 1
+    ids = np.where(mask > 0, ids, pad_id).astype(np.int32)
+    return ids, mask
+
+
+def assert_logits_close(ours, theirs, mask=None):
+    """max |Δ| <= 1e-4 * max(1, max |logit|), over real positions when `mask` [B, T] is given."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    if mask is not None:
+        keep = np.asarray(mask) > 0
+        ours, theirs = ours[keep], theirs[keep]
+    tol = 1e-4 * max(1.0, np.abs(theirs).max())
+    err = np.abs(ours - theirs).max()
+    assert err <= tol, f"max |Δ| {err:.3g} > {tol:.3g}"
+
+
+# --- the tiny-model builder ---------------------------------------------------------------
+
+# Small defaults, in Hugging Face config names (valid for our configs and for transformers' alike).
+TINY = {
+    "gpt2": dict(vocab_size=211, n_positions=64, n_embd=48, n_layer=2, n_head=4),
+    "t5": dict(vocab_size=199, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+               relative_attention_num_buckets=8, relative_attention_max_distance=20),
+}
+# T5 v1.1: gated-GELU MLP and its own LM head (no tying, so no rescaling of the decoder output).
+UNTIED_T5 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+
+
+def _fields(family: str, untied: bool, overrides: dict) -> dict:
+    if family not in TINY:
+        raise ValueError(f"unknown family {family!r}; use one of {sorted(TINY)}")
+    if untied and family != "t5":
+        raise ValueError("untied=True is for T5 (v1.1) only")
+    kw = dict(TINY[family])
+    if untied:
+        kw.update(UNTIED_T5)
+    kw.update(overrides)
+    return kw
+
+
+def tiny_config(family: str, untied: bool = False, **overrides):
+    """Our GPT2Config / T5Config with the TINY sizes, updated with `overrides`."""
+    import prompt_tuning_jax as ptj
+
+    kw = _fields(family, untied, overrides)
+    if family == "gpt2":
+        return ptj.GPT2Config(**kw)
+    kw.setdefault("scale_decoder_outputs", kw.get("tie_word_embeddings", True))  # as a HF checkpoint loads
+    return ptj.T5Config(**kw)
+
+
+def tiny_model(family: str, seed: int = 0, dtype=None, untied: bool = False, **overrides):
+    """Our Flax model of `tiny_config(family, untied, **overrides)` with random weights (`ptj.init_random`)."""
+    import jax.numpy as jnp
+
+    import prompt_tuning_jax as ptj
+
+    return ptj.init_random(tiny_config(family, untied, **overrides), dtype=dtype or jnp.float32, seed=seed)
+
+
+def torch_model(family: str, folder=None, seed: int = 0, untied: bool = False, random_norms: bool = True,
+                **overrides):
+    """The transformers reference (GPT2LMHeadModel / T5ForConditionalGeneration) in eval mode.
+
+    Written with save_pretrained when `folder` is given, so `ptj.from_pretrained(folder)` loads the same
+    weights. untied: T5 v1.1 (gated-GELU, an untied LM head with larger random weights). random_norms:
+    layer-norm weights (and biases) are random instead of ones (zeros), so a wrong norm cannot pass parity.
+    """
+    import torch
+    import transformers
+
+    kw = _fields(family, untied, overrides)
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kw)).eval()
+    else:
+        model = transformers.T5ForConditionalGeneration(transformers.T5Config(**kw)).eval()
+        if untied:
+            model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.5)
+    if random_norms:
+        _randomize_layernorms(model, seed)
+    if folder is not None:
+        model.save_pretrained(folder)
+    return model
+
+
+def _randomize_layernorms(model, seed):
+    """Norm weights default to ones; randomise them so a wrong norm cannot pass parity."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name or "layer_norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+                if name.endswith("bias"):
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def save_tiny_gpt2(folder, seed: int = 0, **overrides) -> str:
+    """Our random GPT-2 (hidden 32) with the demo's word-level tokenizer, written as a Hugging Face folder."""
+    import prompt_tuning_jax as ptj
+    from prompt_tuning_jax.experiments.demo_model import build_tokenizer
+
+    tok = build_tokenizer()
+    kw = dict(vocab_size=len(tok), n_embd=32, bos_token_id=0, eos_token_id=0)
+    kw.update(overrides)
+    ptj.save_pretrained(tiny_model("gpt2", seed=seed, **kw), folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+# --- command lines ---------------------------------------------------------------------------
+
+
+def cli_env(devices: int = 1) -> dict:
+    """The environment of a command-line subprocess: `devices` fake CPU devices, the repository importable."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def train_cmd(model_dir, model_path, *extra):
+    """The training command line on the tiny model and the demo task (small, fast)."""
+    return [sys.executable, "-m", "prompt_tuning_jax.train",
+            "--gin_file=models/gpt2.gin", "--gin_file=prompts/from_sampled_vocab.gin",
+            "--gin_file=prompts/linear_head.gin", "--gin_file=runs/prompt_finetune.gin",
+            f"--gin.MODEL_DIR='{model_dir}'", f"--gin.INITIAL_CHECKPOINT_PATH='{model_path}'",
+            "--gin.MIXTURE_OR_TASK_NAME='demo_sentiment'", "--gin.PROMPT_LENGTH=4",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.BATCH_SIZE=8",
+            "--gin.EVAL_PERIOD=0", "--gin.ptj.TrainSpec.progress=False", "--gin.ptj.TrainSpec.log_every=5",
+            *extra]
