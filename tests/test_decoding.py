@@ -1,5 +1,4 @@
 """KV-cached decoding: cached == uncached, greedy and beam == transformers' generate, sampling properties."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -165,7 +165,7 @@ class DataSpec:
         return [get_task(name, **dict(self.task_overrides or {})) for name in self.task_names]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainSpec:
     """How long to train and what happens on the way.
 
