@@ -1,19 +1,31 @@
 """The offline demo's frozen model: a tiny GPT-2 with a word-level tokenizer, built in code.
 
-`demo_checkpoint()` writes (once, deterministically, in about half a minute) a
-Hugging Face checkpoint folder — config.json, model.safetensors and a tokenizer
-— for a 2-layer GPT-2 whose vocabulary covers the synthetic `demo_sentiment`
-task. The model is pretrained as a plain language model on the task's training
-sentences, without labels (like any LM, it learns which words go together);
-then it is frozen, and prompt tuning has to find the task in it. No download.
+`demo_checkpoint()` writes (once, in about 20 seconds) a Hugging Face checkpoint
+folder — config.json, model.safetensors and a tokenizer — for a 2-layer GPT-2
+whose vocabulary covers the synthetic `demo_sentiment` task. The model is
+pretrained as a plain language model on the task's training sentences, without
+labels (like any LM, it learns which words go together); then it is frozen, and
+prompt tuning has to find the task in it. No download.
+
+The build runs in a child process on one CPU device and one core. XLA's
+reductions depend on how many devices and cores it splits work over, and 600
+steps of AdamW turn a last-bit difference into a different model, so building
+in whatever process asked (a test run with 8 fake devices, a 64-core host)
+would make the demo's numbers depend on what ran first. Pinned, the weights are
+the same whatever the device count and core count (checked on Linux, where the
+core can be pinned; elsewhere only the device count is).
+
+    python -m prompt_tuning_jax.experiments.demo_model FOLDER   # what the child runs
 """
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 DEFAULT_FOLDER = os.path.join(os.path.expanduser(os.environ.get("PTJ_CACHE", "~/.cache/prompt_tuning_jax")),
-                              "demo-gpt2-tiny")
+                              "demo-gpt2-tiny-v2")  # v2: built pinned (see above)
 SPECIAL = ["<|endoftext|>", "<unk>"]
 
 
@@ -43,31 +55,47 @@ def build_tokenizer():
 
 def demo_checkpoint(folder: str | None = None, seed: int = 0, initializer_range: float = 0.02,
                     pretrain_steps: int = 600) -> str:
-    """The demo checkpoint folder, written on first use; returns its path."""
+    """The demo checkpoint folder, built on first use in a pinned child process; returns its path."""
+    folder = os.fspath(folder or DEFAULT_FOLDER)
+    if not _complete(folder):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=PINNED_XLA_FLAGS)
+        cmd = [sys.executable, "-m", "prompt_tuning_jax.experiments.demo_model", folder, "--seed", str(seed),
+               "--initializer_range", str(initializer_range), "--pretrain_steps", str(pretrain_steps)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not _complete(folder):
+            raise RuntimeError(f"building the demo model in {folder} failed: "
+                               f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return folder
+
+
+PINNED_XLA_FLAGS = "--xla_force_host_platform_device_count=1 --xla_cpu_multi_thread_eigen=false"
+
+
+def _complete(folder: str) -> bool:
+    return all(os.path.exists(os.path.join(folder, name)) for name in ("model.safetensors", "tokenizer.json"))
+
+
+def build(folder: str, seed: int = 0, initializer_range: float = 0.02, pretrain_steps: int = 600) -> None:
+    """Builds the demo checkpoint in this process and publishes the folder whole (see the module docstring)."""
+    import shutil
+
     import prompt_tuning_jax as ptj
 
-    folder = os.fspath(folder or DEFAULT_FOLDER)
-    if os.path.exists(os.path.join(folder, "model.safetensors")) and os.path.exists(
-            os.path.join(folder, "tokenizer.json")):
-        return folder
     tokenizer = build_tokenizer()
     config = ptj.GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=64, n_layer=2, n_head=4,
                             bos_token_id=0, eos_token_id=0, initializer_range=initializer_range)
     model = ptj.init_random(config, seed=seed)
     pretrain(model, tokenizer, steps=pretrain_steps, seed=seed)
-    import shutil
-
     tmp = f"{folder}.tmp{os.getpid()}"  # several processes may build at once: each in its own folder
     os.makedirs(tmp, exist_ok=True)
     ptj.save_pretrained(model, tmp)
     tokenizer.save_pretrained(tmp)
     try:
-        if os.path.exists(folder) and not os.path.exists(os.path.join(folder, "tokenizer.json")):
+        if os.path.exists(folder) and not _complete(folder):
             shutil.rmtree(folder)  # a half-built folder from an older interrupted run
         os.replace(tmp, folder)
     except OSError:  # another process finished first; its result is identical
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def pretrain(model, tokenizer, steps: int = 600, batch_size: int = 64, learning_rate: float = 3e-3, seed: int = 0):
@@ -107,3 +135,17 @@ def pretrain(model, tokenizer, steps: int = 600, batch_size: int = 64, learning_
     for _ in range(steps):
         rows = rng.integers(0, len(tokens), batch_size)
         step(model, optimizer, tokens[rows], mask[rows])
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the demo checkpoint (demo_checkpoint() runs this).")
+    parser.add_argument("folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--initializer_range", type=float, default=0.02)
+    parser.add_argument("--pretrain_steps", type=int, default=600)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):  # one core, before the XLA backend starts its thread pool
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    build(args.folder, args.seed, args.initializer_range, args.pretrain_steps)
