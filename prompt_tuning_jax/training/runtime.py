@@ -24,6 +24,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from prompt_tuning_jax import partitioning
+from prompt_tuning_jax.prompts.io import load_prompt
+from prompt_tuning_jax.training.checkpoint import Checkpointer
 from prompt_tuning_jax.variables import Trainable
 
 BATCH_KEYS = ("input_ids", "attention_mask", "target_ids", "target_mask", "label", "task_index", "weight")
@@ -80,8 +82,6 @@ class MeshState:
         """
         path = check_checkpoint_path(checkpoint_path)
         if _exists(os.path.join(path, "checkpoints")):
-            from prompt_tuning_jax.training.checkpoint import Checkpointer
-
             ckpt = Checkpointer(path, keep=None)
             try:
                 self.trainable = ckpt.restore_trainable(self.trainable)
@@ -94,8 +94,6 @@ class MeshState:
         self._set_prompt(_prompt_file(path))
 
     def _set_prompt(self, path: str) -> None:
-        from prompt_tuning_jax.prompts.io import load_prompt
-
         current = self.trainable["soft_prompt"]
         array = load_prompt(path, expected_shape=current.shape)
         trainable = dict(self.trainable, soft_prompt=jnp.asarray(array, current.dtype))
