@@ -10,6 +10,23 @@ Degenerate inputs follow scikit-learn: a metric whose denominator is zero
 (constant predictions for MCC, no positive predictions and no positive targets
 for F1) is 0. Correlations with a constant side are also 0 (scipy returns nan;
 an eval loop that picks the best checkpoint is better served by 0).
+
+Invalid predictions (decoded text that is no label string: `Task.text_to_prediction`
+gives -1, or -1.0 for STS-B as T5's `string_to_float(default=-1.)`) count as T5
+(`t5/evaluation/metrics.py`, `t5/data/glue_utils.py`) counts them:
+
+    accuracy      wrong (never equal to a target)
+    f1            T5's `f1_score_with_invalid`: an invalid prediction becomes the
+                  opposite of its target (1 - target), then binary F1 (MRPC, QQP,
+                  MultiRC f1a); targets [0, 1, 1, 0], predictions [-1, 1, -1, 0] -> 50.0
+    macro_f1      T5's `mean_multiclass_f1` (sklearn `fbeta_score`, labels=range(3),
+                  average="macro"): -1 is in no class, so it is a miss of its
+                  target's class and a false positive of none (CB)
+    matthews      sklearn's `matthews_corrcoef` on the labels as they are, -1 a
+                  class of its own (CoLA)
+    correlations  -1.0 is an ordinary value (STS-B)
+    exact_match   MultiRC: per question, every answer option right (`all_match`),
+                  an invalid option is wrong; ReCoRD: no label space
 """
 from __future__ import annotations
 
@@ -45,10 +62,24 @@ def _binary_f1(t: np.ndarray, p: np.ndarray, positive) -> float:
     return 0.0 if denom == 0 else float(2 * tp / denom)
 
 
+def _invalid_to_wrong(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """T5's `f1_score_with_invalid` step: a prediction other than 0 / 1 becomes 1 - target."""
+    invalid = (p != 0) & (p != 1)
+    return np.where(invalid, 1 - t, p)
+
+
 def f1(targets, predictions) -> dict[str, float]:
-    """Binary F1 of the positive class 1 (MRPC, QQP, MultiRC answers)."""
+    """Binary F1 of the positive class 1 (MRPC, QQP), T5's `f1_score_with_invalid`.
+
+    A prediction that is neither 0 nor 1 (invalid, -1) is replaced by the
+    opposite of its target before computing F1, so it is always wrong: a false
+    positive when the target is 0, a false negative when it is 1.
+    """
     t, p = _pair(targets, predictions)
-    return {"f1": 100.0 * _binary_f1(t, p, 1)}
+    return {"f1": 100.0 * _binary_f1(t, _invalid_to_wrong(t, p), 1)}
+
+
+f1_score_with_invalid = f1  # T5's name
 
 
 def macro_f1(targets, predictions, num_classes: int | None = None) -> dict[str, float]:
@@ -57,6 +88,9 @@ def macro_f1(targets, predictions, num_classes: int | None = None) -> dict[str, 
     Classes are `range(num_classes)` when given (as T5 does for CB, so a class
     absent from both sides counts as F1 0), else the classes seen in either
     targets or predictions (scikit-learn's `f1_score(average="macro")`).
+    With `num_classes`, an invalid prediction (-1) is in no class: it misses its
+    target's class and is a false positive of none, as sklearn's `fbeta_score`
+    with `labels=range(num_classes)` (T5's `mean_multiclass_f1`) counts it.
     """
     t, p = _pair(targets, predictions)
     classes = range(num_classes) if num_classes is not None else np.union1d(t, p)
@@ -64,7 +98,11 @@ def macro_f1(targets, predictions, num_classes: int | None = None) -> dict[str, 
 
 
 def matthews_corrcoef(targets, predictions) -> dict[str, float]:
-    """Matthews correlation (CoLA), multi-class form of scikit-learn; 0 when undefined."""
+    """Matthews correlation (CoLA), multi-class form of scikit-learn; 0 when undefined.
+
+    As T5 (`sklearn_metrics_wrapper("matthews_corrcoef")` on the postprocessed
+    labels): invalid predictions (-1) stay a class of their own.
+    """
     t, p = _pair(targets, predictions)
     classes, encoded = np.unique(np.concatenate([t, p]), return_inverse=True)
     k = len(classes)
@@ -144,9 +182,12 @@ def exact_match(targets, predictions) -> dict[str, float]:
 def multirc_f1a_em(targets, predictions) -> dict[str, float]:
     """MultiRC: `f1a` over every answer option, `exact_match` per question.
 
-    targets: N `(question_group, label)` pairs, label 0/1 for one answer option.
-    predictions: N 0/1 labels. A question counts as exact when every one of its
-    answer options is predicted correctly (SuperGLUE's EM).
+    targets: N `(question_group, label)` pairs, label 0/1 for one answer option;
+    the group is the question's `idx` on hub data (T5 groups by `idx/question`).
+    predictions: N labels, -1 for invalid. As T5: `f1a` is `f1_score_with_invalid`
+    over all options (`multirc_f1_over_all_answers`); `exact_match` is the mean
+    over questions of `all_match` (every option of the question right, an
+    invalid one is wrong).
     """
     groups = [g for g, _ in targets]
     labels = np.asarray([label for _, label in targets])
@@ -155,7 +196,7 @@ def multirc_f1a_em(targets, predictions) -> dict[str, float]:
     for g, ok in zip(groups, t == p):
         correct[g] = correct[g] and bool(ok)
     return {
-        "f1a": 100.0 * _binary_f1(t, p, 1),
+        "f1a": 100.0 * _binary_f1(t, _invalid_to_wrong(t, p), 1),
         "exact_match": 100.0 * float(np.mean(list(correct.values()))),
     }
 
@@ -192,3 +233,41 @@ def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[
         em.append(max(float(_normalize_answer(a) == _normalize_answer(pred)) for a in answers))
         f1s.append(max(_token_f1(a, pred) for a in answers))
     return {"exact_match": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1s))}
+
+
+_WSC_DETERMINERS = frozenset({
+    "a", "an", "few", "her", "his", "each", "every", "many", "much", "my", "our", "some", "that",
+    "the", "their", "these", "this", "those", "which", "whose", "your",
+})
+
+
+def _wsc_clean(text: str) -> str:
+    words = str(text).strip().lower().split(" ")
+    return " ".join(w for w in words if w not in _WSC_DETERMINERS)
+
+
+def wsc_simple_prediction(prediction: str, referent: str) -> int:
+    """T5's `postprocessors.wsc_simple`: 1 if the generated text names the referent, else 0; -1 if empty.
+
+    Case and determiners are ignored; one side's words may be a subset of the
+    other's ("fuzzy bunny" vs "bunny"), but a possessive only matches a possessive.
+    """
+    prediction, referent = _wsc_clean(prediction), _wsc_clean(referent)
+    if not prediction:
+        return -1
+    if ("'" in prediction) != ("'" in referent):
+        return 0
+    p, r = set(prediction.split(" ")), set(referent.split(" "))
+    return int(p <= r or r <= p)
+
+
+def wsc_simple_accuracy(targets, predictions) -> dict[str, float]:
+    """WSC as T5's `wsc_simple` tasks: did the model name the candidate exactly when it is the referent?
+
+    targets: N `(candidate, label)` pairs, label 1 when the candidate is the
+    pronoun's referent; predictions: N generated texts.
+    """
+    if len(targets) != len(predictions) or len(targets) == 0:
+        raise ValueError(f"need equal, non-zero lengths; got {len(targets)} and {len(predictions)}")
+    predicted = [wsc_simple_prediction(p, referent) for (referent, _), p in zip(targets, predictions)]
+    return accuracy([int(label) for _, label in targets], predicted)

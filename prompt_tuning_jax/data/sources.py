@@ -17,17 +17,32 @@ as-is), CSV or JSONL, with or without a header, with a column mapping given as
 arguments (gin can bind all of them). `HFSource` calls
 `datasets.load_dataset(path, name, split=...)` when the hub is reachable.
 `LocalOrHub` reads a split's local file where it exists, else the hub.
+`DerivedValidation` gives a "validation" split to data sets that have none
+(AG News: its test set; IMDB: a seeded slice held out of train).
 A leading "{shared}" in a `data_dir` stands for `shared_data_dir()`:
 `$PTJ_SHARED_DATA`, default `<repo>/../shared/data`.
+
+When the hub cannot give a split (offline, no such split, or `datasets` >= 4
+refusing a data set that still needs a loading script) `HFSource` raises one
+`HubError` (a `ValueError`) that names the data set and how to use local files.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_LOCAL_HINT = ("without the hub, point the task at local files: put them in $PTJ_SHARED_DATA "
+               "(default <repo>/../shared/data) or pass TASK_OVERRIDES={'data_dir': ..., 'files': {...}} "
+               "(get_task(name, data_dir=..., files=...))")
 
 
 def shared_data_dir() -> Path:
@@ -54,6 +69,22 @@ def check_fields(row: Mapping, required: Sequence[str], where: str) -> None:
         )
 
 
+class HubError(ValueError):
+    """The Hugging Face hub could not give a split; the message names the data set and the way out."""
+
+
+def _hub_error(name: str, split: str, error: Exception) -> HubError:
+    first_line = (str(error).splitlines() or [""])[0][:200]
+    if "scripts are no longer supported" in str(error):
+        import datasets
+
+        why = (f"datasets {datasets.__version__} no longer runs the loading script this data set needs "
+               f"({first_line}); use local files, or datasets<4")
+    else:
+        why = f"{type(error).__name__}: {first_line}"
+    return HubError(f"could not load {name} split {split!r} from the Hugging Face hub ({why}); {_LOCAL_HINT}")
+
+
 @dataclasses.dataclass(frozen=True)
 class HFSource:
     """Rows from `datasets.load_dataset(path, name, split=split_map.get(split, split))`."""
@@ -66,17 +97,14 @@ class HFSource:
         import datasets  # heavy; only when the hub path is used
 
         hf_split = self.split_map.get(split, split)
+        name = f"{self.path}{'/' + self.name if self.name else ''}"
         try:
             data = datasets.load_dataset(self.path, self.name, split=hf_split)
-        except (ConnectionError, OSError, ValueError) as e:
-            raise ValueError(
-                f"could not load {self.path}{'/' + self.name if self.name else ''} split {hf_split!r} from the "
-                f"Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}); without the hub, "
-                "point the task at local files (PTJ_SHARED_DATA, or TASK_OVERRIDES={'data_dir': ..., 'files': ...})"
-            ) from None
+        except (ConnectionError, OSError, ValueError, RuntimeError, ImportError) as e:
+            raise _hub_error(name, hf_split, e) from None
         for i, row in enumerate(data):
             if i == 0:
-                check_fields(row, required, f"{self.path}/{self.name} split {hf_split!r}")
+                check_fields(row, required, f"{name} split {hf_split!r}")
             yield dict(row)
 
 
@@ -181,3 +209,44 @@ class LocalOrHub:
 
     def load(self, split: str, required: Sequence[str] = ()) -> Iterator[dict]:
         return self._pick(split).load(split, required)
+
+
+@dataclasses.dataclass(frozen=True)
+class DerivedValidation:
+    """A "validation" split for a data set that has none, logged whenever it is read.
+
+    use="test": "validation" reads the source's "test" split.
+    use="heldout": "validation" is `size` rows of the source's "train" split,
+    picked by a permutation with `seed`, in their original order; "train" is
+    then the other rows, so the two never overlap. Other splits pass through.
+    """
+
+    source: Any
+    dataset: str
+    use: str = "test"
+    size: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.use not in ("test", "heldout"):
+            raise ValueError(f"DerivedValidation use={self.use!r}; use 'test' or 'heldout'")
+
+    def describe(self) -> str:
+        if self.use == "test":
+            return f"{self.dataset} has no validation split: 'validation' reads its 'test' split"
+        return (f"{self.dataset} has no validation split: 'validation' is {self.size} rows held out of "
+                f"'train' (seeded permutation, seed {self.seed}) and 'train' is the other rows")
+
+    def load(self, split: str, required: Sequence[str] = ()) -> Iterator[dict]:
+        if split == "validation":
+            log.warning(self.describe())
+        if self.use == "test" or split not in ("train", "validation"):
+            yield from self.source.load("test" if split == "validation" else split, required)
+            return
+        rows = list(self.source.load("train", required))
+        if len(rows) <= self.size:
+            raise ValueError(f"{self.dataset}: cannot hold out {self.size} of {len(rows)} training rows")
+        held = np.zeros(len(rows), bool)
+        held[np.random.default_rng(self.seed).permutation(len(rows))[: self.size]] = True
+        keep = held if split == "validation" else ~held
+        yield from (row for row, k in zip(rows, keep) if k)

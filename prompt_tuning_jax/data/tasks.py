@@ -18,7 +18,14 @@ tokenizing is `pipeline.py`'s job, and named tasks live in `registry.py`.
     task.compute_metrics(task.metric_targets(examples), predictions)
 
 `style` sets the input text: "t5" is `"<prefix> <field>: <text> ..."`,
-"taskless" drops the prefix, "raw" keeps only the texts.
+"taskless" drops the prefix, "raw" keeps only the texts. The built-in GLUE and
+SuperGLUE tasks default to "taskless", as the prompt-tuning paper trained; their
+T5X names (`glue_sst2_v200`, ...) select "t5" (see `registry.py`).
+
+`train_transform` turns each formatted example of the "train" split into the
+examples trained on (ReCoRD: one per answer; WSC simple: correct referents
+only), so `task.load("train")` already gives what T5's training data holds and
+the pipeline stays model- and task-agnostic.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import numpy as np
 
 from prompt_tuning_jax.data import metrics
 from prompt_tuning_jax.data.formats import Formatter
-from prompt_tuning_jax.data.sources import FileSource, HFSource
+from prompt_tuning_jax.data.sources import FileSource, HFSource, HubError
 
 KINDS = ("classification", "regression", "generation")
 STYLES = ("t5", "taskless", "raw")
@@ -56,6 +63,8 @@ class Task:
       `get_task(source="hf" | "local")` switches to.
     metric_target: example -> the object metrics compare with predictions;
       default the label (classification, regression) or the targets text.
+    train_transform: formatted example -> the examples to train on, applied by
+      `load` to the "train" split only (None: the example itself).
     """
 
     name: str
@@ -71,6 +80,7 @@ class Task:
     hf_source: HFSource | None = None
     local_source: FileSource | None = None
     metric_target: Callable[[dict], Any] | None = None
+    train_transform: Callable[[dict], list[dict]] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -141,34 +151,41 @@ class Task:
         return int(value)
 
     def format(self, row: Mapping[str, Any]) -> dict:
-        """Raw row -> example {"inputs": str, "targets": str, "label": int | float, ...}."""
+        """Raw row -> example {"inputs": str, "targets": str, "label": int | float, ...}.
+
+        Generation tasks get label -1; their formatter sees the row's own label.
+        """
         row = dict(row)
         if self.kind == "classification":
             row["label"] = self.label_index(row["label"])
         elif self.kind == "regression":
             row["label"] = float(row["label"])
-        else:
-            row["label"] = -1
+        label = row["label"] if self.kind != "generation" else -1
         example = self.formatter(row, self)
-        example.setdefault("targets", self.target_text(row["label"]))
-        example.setdefault("label", row["label"])
+        example.setdefault("targets", self.target_text(label))
+        example.setdefault("label", label)
         return example
 
     def load(self, split: str, limit: int | None = None) -> list[dict]:
-        """Examples of one split (the first `limit` rows when given)."""
+        """Examples of one split (the first `limit` when given), `train_transform` applied to "train"."""
         if self.source is None:
             raise ValueError(f"task {self.name} has no source; pass source=/data_dir= to get_task")
         required = self.fields + (("label",) if self.kind != "generation" else ())
+        expand = self.train_transform if split == "train" else None
         examples = []
-        for i, row in enumerate(self.source.load(split, required=required)):
-            if limit is not None and len(examples) >= limit:
-                break
-            try:
-                examples.append(self.format(row))
-            except ValueError as e:
-                where = self.source.path(split) if hasattr(self.source, "path") else f"split {split!r}"
-                raise ValueError(f"{where}, data row {i + 1}: {e}") from None
-        return examples
+        try:
+            for i, row in enumerate(self.source.load(split, required=required)):
+                if limit is not None and len(examples) >= limit:
+                    break
+                try:
+                    example = self.format(row)
+                except ValueError as e:
+                    where = self.source.path(split) if hasattr(self.source, "path") else f"split {split!r}"
+                    raise ValueError(f"{where}, data row {i + 1}: {e}") from None
+                examples.extend(expand(example) if expand else [example])
+        except HubError as e:
+            raise HubError(f"task {self.name}: {e}") from None
+        return examples[:limit] if limit is not None else examples
 
     # ---- predictions and metrics
     def text_to_prediction(self, text: str):

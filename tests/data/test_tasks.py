@@ -1,5 +1,6 @@
 """Task registry, formats, local file sources and their errors."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -72,34 +73,48 @@ FORMAT_CASES = [
      "wic sentence1: s1 sentence2: s2 word: bank", "False"),
     ("wsc", {"text": "Mark told Pete many lies about himself .", "span1_index": 2, "span1_text": "Pete",
              "span2_index": 6, "span2_text": "himself", "label": 0},
-     "wsc text: Mark told *Pete* many lies about #himself# .", "False"),
-    ("ag_news", {"text": "Stocks fell.", "label": 2}, "ag_news text: Stocks fell.", "Business"),
-    ("imdb", {"text": "Loved it.", "label": 1}, "imdb text: Loved it.", "positive"),
+     "wsc text: Mark told * Pete * many lies about # himself # .", "False"),
 ]
 
 
 @pytest.mark.parametrize("name,row,inputs,targets", FORMAT_CASES)
-def test_t5_formats(name, row, inputs, targets):
-    example = get_task(name).format(row)
+def test_t5_formats_and_taskless_default(name, row, inputs, targets):
+    example = get_task(name, style="t5").format(row)
     assert example["inputs"] == inputs
     assert example["targets"] == targets
     assert example["label"] == row["label"]
+    # The plain names default to taskless: T5's text less its first word (the original's
+    # remove_first_text_token, regex "^[^ ]* ").
+    taskless = get_task(name).format(row)
+    assert get_task(name).style == "taskless"
+    assert taskless["inputs"] == re.sub(r"^[^ ]* ", "", inputs, count=1)
+    assert (taskless["targets"], taskless["label"]) == (targets, row["label"])
+
+
+def test_other_tasks_keep_their_formats():
+    assert get_task("ag_news").format({"text": "Stocks fell.", "label": 2}) == {
+        "inputs": "ag_news text: Stocks fell.", "targets": "Business", "label": 2}
+    # The original's IMDB task (recycling/data/imdb.py) feeds the review text alone.
+    assert get_task("imdb").format({"text": "Loved it.", "label": 1})["inputs"] == "Loved it."
+    demo = get_task("demo_sentiment")
+    assert (demo.style, demo.prefix) == ("t5", "sentiment")
 
 
 def test_multirc_and_record_formats():
-    multirc = get_task("multirc")
+    multirc = get_task("super_glue_multirc_v102")
     row = {"paragraph": "<b>Sent 1: </b>Cats purr.<br>", "question": "Who purrs?", "answer": "Cats", "label": 1}
     example = multirc.format(row)
     assert example["inputs"] == "multirc question: Who purrs? answer: Cats paragraph: Sent 1: Cats purr."
     assert example["targets"] == "True"
     assert multirc.metric_targets([example]) == [(example["group"], 1)]
 
-    record = get_task("record")
-    row = {"passage": "Paris is big.\n@highlight\nFrance wins", "query": "@placeholder is big",
-           "entities": ["Paris", "France", "Paris"], "answers": ["Paris"]}
+    record = get_task("super_glue_record_v102")
+    row = {"passage": "Paris is big.\n@highlight\nFrance wins\n@highlight\nLyon", "query": "@placeholder is big",
+           "entities": ["Paris", "France", "Lyon", "Paris"], "answers": ["Paris"]}
     example = record.format(row)
-    assert example["inputs"] == ("record query: @placeholder is big entities: Paris, France "
-                                 "passage: Paris is big.. France wins")
+    # Entities de-duplicated and sorted; "\n@highlight\n" after "." is a space, else ". " (T5's record).
+    assert example["inputs"] == ("record query: @placeholder is big entities: France, Lyon, Paris "
+                                 "passage: Paris is big. France wins. Lyon")
     assert example["targets"] == "Paris" and example["label"] == -1
     assert record.compute_metrics(record.metric_targets([example]), ["paris"])["exact_match"] == 100.0
 
@@ -108,7 +123,8 @@ def test_styles_and_verbalizer_overrides():
     row = {"sentence1": "A.", "sentence2": "B.", "label": "not_entailment"}
     assert get_task("rte", style="taskless").format(row)["inputs"] == "sentence1: A. sentence2: B."
     assert get_task("rte", style="raw").format(row)["inputs"] == "A. B."
-    custom = get_task("rte", label_names=("yes", "no"), prefix="entail")
+    assert get_task("rte", style="t5").format(row)["inputs"] == "rte sentence1: A. sentence2: B."
+    custom = get_task("rte", label_names=("yes", "no"), prefix="entail", style="t5")
     example = custom.format(row)
     assert example["inputs"].startswith("entail sentence1:")
     assert (example["targets"], example["label"]) == ("no", 1)
@@ -141,7 +157,7 @@ def test_tsv_with_header_and_quotes(tmp_path):
     _write(tmp_path / "train.tsv", 'sentence\tlabel\nhe said "wow\t1\n"quoted" start\t0\n')
     task = get_task("sst2", data_dir=str(tmp_path), files={"train": "train.tsv"})
     examples = task.load("train")
-    assert [e["inputs"] for e in examples] == ['sst2 sentence: he said "wow', 'sst2 sentence: "quoted" start']
+    assert [e["inputs"] for e in examples] == ['sentence: he said "wow', 'sentence: "quoted" start']
     assert [e["label"] for e in examples] == [1, 0]
 
 
@@ -156,7 +172,7 @@ def test_headerless_tsv_with_string_labels_and_column_mapping(tmp_path):
 def test_csv_and_jsonl(tmp_path):
     _write(tmp_path / "a.csv", 'premise,hypothesis,label\n"A, b.",C.,entailment\n')
     cb = get_task("cb", data_dir=str(tmp_path), files={"validation": "a.csv"})
-    assert cb.load("validation")[0]["inputs"] == "cb hypothesis: C. premise: A, b."
+    assert cb.load("validation")[0]["inputs"] == "hypothesis: C. premise: A, b."
     _write(tmp_path / "b.jsonl", json.dumps({"question": "q", "passage": "p", "label": True}) + "\n\n")
     boolq = get_task("boolq", data_dir=str(tmp_path), files={"train": "b.jsonl"})
     assert boolq.load("train")[0]["label"] == 1
