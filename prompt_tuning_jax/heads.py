@@ -44,19 +44,21 @@ def token_log_likelihood(logits: jax.Array, targets: jax.Array, mask: jax.Array)
 
 
 def target_token_logprobs(prompted, input_ids: jax.Array, attention_mask: jax.Array, target_ids: jax.Array,
-                          target_mask: jax.Array, task_index: jax.Array | None = None) -> jax.Array:
+                          target_mask: jax.Array, task_index: jax.Array | None = None,
+                          dropout_rng: jax.Array | None = None) -> jax.Array:
     """log p(target token | prompted input, earlier target tokens) for each target position: [R*B, L].
 
     input_ids / attention_mask [B, T]; target_ids / target_mask [R*B, L], R >= 1
     targets per example in example-major order (rank classification passes R = C).
     How targets are placed is the model's business (`target_logits`): GPT-2
-    continues the prompted input with them, T5 decodes them.
+    continues the prompted input with them, T5 decodes them. dropout_rng: None (no
+    dropout) or the training step's keys, one per input row [B] (or a single key).
     """
     b, rb = input_ids.shape[0], target_ids.shape[0]
     if rb % b:
         raise ValueError(f"{rb} targets do not divide evenly among {b} inputs")
     embeds, mask = prompted.embed_inputs(input_ids, attention_mask, task_index)  # [B, S, H], [B, S]
-    logits = prompted.model.target_logits(embeds, mask, target_ids, target_mask)  # [R*B, L, V]
+    logits = prompted.model.target_logits(embeds, mask, target_ids, target_mask, dropout_rng=dropout_rng)
     return _target_logprob(logits, target_ids) * target_mask
 
 

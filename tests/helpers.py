@@ -5,6 +5,7 @@ functions only. The one tiny-model builder is here:
 
     tiny_config("gpt2", n_embd=32)          # our GPT2Config / T5Config with small defaults (TINY)
     tiny_model("t5", untied=True, seed=1)   # our Flax model with random weights (ptj.init_random)
+    tiny_model("gpt2", dropout_rate=0.0)    # ... with every dropout rate replaced (DROPOUT_RATE)
     torch_model("gpt2", folder)             # the transformers reference, saved with save_pretrained
     save_tiny_gpt2(folder)                  # our random GPT-2 + the demo's word-level tokenizer, as a HF folder
 """
@@ -92,13 +93,18 @@ def tiny_config(family: str, untied: bool = False, **overrides):
     return ptj.T5Config(**kw)
 
 
-def tiny_model(family: str, seed: int = 0, dtype=None, untied: bool = False, **overrides):
-    """Our Flax model of `tiny_config(family, untied, **overrides)` with random weights (`ptj.init_random`)."""
+def tiny_model(family: str, seed: int = 0, dtype=None, untied: bool = False, dropout_rate=None, **overrides):
+    """Our Flax model of `tiny_config(family, untied, **overrides)` with random weights (`ptj.init_random`).
+
+    dropout_rate: replaces every dropout rate (None keeps transformers' defaults, 0.1); dropout acts only in a
+    training step (a `dropout_rng`), never in a plain forward.
+    """
     import jax.numpy as jnp
 
     import prompt_tuning_jax as ptj
 
-    return ptj.init_random(tiny_config(family, untied, **overrides), dtype=dtype or jnp.float32, seed=seed)
+    return ptj.init_random(tiny_config(family, untied, **overrides), dtype=dtype or jnp.float32, seed=seed,
+                           dropout_rate=dropout_rate)
 
 
 def torch_model(family: str, folder=None, seed: int = 0, untied: bool = False, random_norms: bool = True,
@@ -138,6 +144,37 @@ def _randomize_layernorms(model, seed):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
                 if name.endswith("bias"):
                     p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+# --- dropout placement -----------------------------------------------------------------------
+
+
+def scale_instead_of_dropout(monkeypatch):
+    """Replaces dropout on both sides by x * (1 - rate), only where each side would drop out.
+
+    PyTorch: `torch.nn.functional.dropout` (what nn.Dropout and the eager attention call; train mode only).
+    Ours: `models.common.dropout` (only with dropout keys). Deterministic, so logits can be compared: they
+    agree only if both models have the same dropout sites, with the same rates, in the same places.
+    """
+    import jax.numpy as jnp
+    import torch
+
+    from prompt_tuning_jax.models import common
+
+    def torch_fake(input, p=0.5, training=True, inplace=False):
+        return input * (1 - p) if training and p > 0 else input
+
+    def jax_fake(x, rate, keys):
+        return x if keys is None or rate == 0 else x * jnp.asarray(1 - rate, x.dtype)
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", torch_fake)
+    monkeypatch.setattr(common, "dropout", jax_fake)
+
+
+def train_mode(model):
+    """A transformers model in train mode, its attention dropout going through torch.nn.functional.dropout."""
+    model.set_attn_implementation("eager")
+    return model.train()
 
 
 def save_tiny_gpt2(folder, seed: int = 0, **overrides) -> str:

@@ -9,6 +9,21 @@ the test).
 
 Shapes: B batch, S input positions (prompt included), T read positions, L
 target tokens, R targets per input, H hidden size, V vocabulary.
+
+Padding: a row's numbers must not depend on the side or amount of its padding
+(GPT-2 numbers positions from the attention mask; T5's are relative).
+
+Dropout is explicit: the two methods training uses, `activations` and
+`target_logits`, take `dropout_rng`:
+- None (the default, and what evaluation, prediction and decoding pass): no dropout;
+- one PRNG key per row [B] (what the training step passes: row i of the global
+  batch gets fold_in(fold_in(key(seed), step), i)): row b draws all its masks
+  from its own key, so splitting a batch into micro-batches or over devices
+  never changes a mask;
+- a single key: treated as row keys fold_in(key, b) (`common.row_keys`).
+The rates are the checkpoint's (config.json), or one `dropout_rate` for all
+(`from_pretrained(..., dropout_rate=)`, T5X's DROPOUT_RATE); a rate of 0 draws
+no random numbers at all. A family without dropout accepts and ignores the key.
 """
 from __future__ import annotations
 
@@ -37,6 +52,9 @@ class ModelConfig(Protocol):
     def describe(self) -> str:
         """Layers, widths, heads and vocabulary in one line."""
 
+    def with_dropout(self, rate: float) -> "ModelConfig":
+        """The same config with every dropout rate replaced by `rate` (needed only to honour `dropout_rate=`)."""
+
 
 @runtime_checkable
 class PromptableModel(Protocol):
@@ -62,25 +80,29 @@ class PromptableModel(Protocol):
 
     def activations(self, inputs_embeds: jax.Array, attention_mask: jax.Array, *,
                     decoder_input_ids: jax.Array | None = None,
-                    decoder_attention_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                    decoder_attention_mask: jax.Array | None = None,
+                    dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Runs the model on embedded inputs [B, S, H] (mask [B, S]) -> (hidden [B, T, H], mask [B, T]).
 
         `hidden` are the states the LM head reads (a decoder-only model: the input
         positions; an encoder-decoder: its decoder's, from `decoder_input_ids`,
         by default one start token). A prediction (the next token, a class) is
-        read at the last position the returned mask marks real.
+        read at the last position the returned mask marks real. Soft prompts are
+        part of `inputs_embeds`, so input-embedding dropout applies to them.
+        dropout_rng: None (no dropout), row keys [B] or one key (module docstring).
         """
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """The LM head: [..., H] -> [..., V] float32."""
 
     def target_logits(self, inputs_embeds: jax.Array, attention_mask: jax.Array, target_ids: jax.Array,
-                      target_mask: jax.Array) -> jax.Array:
+                      target_mask: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         """Teacher-forced logits that predict each target token: [R*B, L, V].
 
         inputs_embeds [B, S, H] with mask [B, S]; target_ids / target_mask [R*B, L],
         R targets per input in example-major order (rank classification scores R = C
         label strings). Position l of the result predicts target token l.
+        dropout_rng: None (no dropout), row keys [B] (one per input) or one key.
         """
 
     def start_decode(self, inputs_embeds: jax.Array, attention_mask: jax.Array,
@@ -89,6 +111,7 @@ class PromptableModel(Protocol):
 
         Everything is jit-traceable with static shapes: decoding runs `step` inside a
         `lax.while_loop`, feeding generated token t (t = 0, 1, ...) to get the logits after it.
+        Never drops out.
         """
 
 

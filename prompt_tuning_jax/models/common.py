@@ -1,4 +1,4 @@
-"""Small pieces shared by the model files: parameters with logical axes, masks, norms, ragged rows.
+"""Small pieces shared by the model files: parameters with logical axes, masks, norms, dropout, ragged rows.
 
 Every parameter is an `nnx.Param` whose metadata `axes` names its logical axes
 (`vocab`, `embed`, `heads`, `mlp`, ...). `prompt_tuning_jax/partitioning.py` maps those
@@ -6,7 +6,15 @@ names to mesh axes; the model files never mention a mesh.
 
 Rows are ragged inside padded [B, T] arrays: a row's real tokens are where its
 attention mask is 1, on either side of the padding. `first_real`, `last_real`,
-`insert` and `remove` work from the mask alone.
+`insert` and `remove` work from the mask alone, and so do GPT-2's positions
+(`positions_from_mask`), so that no prediction depends on the padding.
+
+Dropout is explicit and functional: a model gets `dropout_rng` (None: no
+dropout), turns it into one key per row (`row_keys`), derives a key for every
+dropout site by folding in fixed integers (`fold`: layer, site), and draws each
+row's mask from its own key (`dropout`). A row's masks therefore depend only on
+its key, never on which other rows share the batch: split the batch into
+micro-batches or over devices and every row draws the same masks.
 """
 from __future__ import annotations
 
@@ -48,14 +56,18 @@ def causal_bias(q_len: int, k_len: int, offset: int | jax.Array = 0) -> jax.Arra
     return jnp.where(k <= q, 0.0, MASK_VALUE).astype(jnp.float32)[None, None]
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float,
+           dropout_rate: float = 0.0, keys: jax.Array | None = None) -> jax.Array:
     """Dot-product attention with the softmax in float32.
 
     q [B, Tq, N, D], k/v [B, Tk, N, D], bias broadcastable to [B, N, Tq, Tk] -> [B, Tq, N, D].
+    With per-row `keys` [B], dropout at `dropout_rate` on the attention probabilities
+    (after the softmax and the cast to v's dtype, as transformers' eager attention does).
     """
     scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
     scores = scores * scale + bias
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = dropout(probs, dropout_rate, keys)
     return jnp.einsum("bnqk,bknd->bqnd", probs, v)
 
 
@@ -98,7 +110,71 @@ def activation(name: str):
         raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
 
 
+# --- dropout -------------------------------------------------------------------------
+
+def row_keys(dropout_rng: jax.Array | None, batch: int) -> jax.Array | None:
+    """`dropout_rng` -> one typed PRNG key per row [B] (None stays None: no dropout).
+
+    dropout_rng: a single key (typed, or raw uint32 [2]): row b gets fold_in(key, b);
+    or already one key per row ([B] typed, or raw [B, 2]), used as given (the
+    trainer derives them from each row's index in the global batch).
+    """
+    if dropout_rng is None:
+        return None
+    if not jax.dtypes.issubdtype(dropout_rng.dtype, jax.dtypes.prng_key):
+        dropout_rng = jax.random.wrap_key_data(dropout_rng)
+    if dropout_rng.ndim == 0:
+        return jax.vmap(jax.random.fold_in, (None, 0))(dropout_rng, jnp.arange(batch))
+    if dropout_rng.shape != (batch,):
+        raise ValueError(f"dropout_rng has {dropout_rng.shape[0]} row keys for a batch of {batch} rows")
+    return dropout_rng
+
+
+def fold(keys: jax.Array | None, *data: int | jax.Array) -> jax.Array | None:
+    """Per-row keys [B] with integers folded in (a layer, a site): an independent stream per site."""
+    if keys is None:
+        return None
+    for d in data:
+        keys = jax.vmap(jax.random.fold_in, (0, None))(keys, d)
+    return keys
+
+
+def repeat_keys(keys: jax.Array | None, r: int) -> jax.Array | None:
+    """Row keys [B] -> [R*B] in example-major order (as `jnp.repeat`); copy r of row b gets fold_in(key_b, r).
+
+    R == 1 leaves them unchanged, so a single target per input draws its input's masks.
+    """
+    if keys is None or r == 1:
+        return keys
+    return jax.vmap(jax.random.fold_in)(jnp.repeat(keys, r, axis=0), jnp.tile(jnp.arange(r), keys.shape[0]))
+
+
+def dropout(x: jax.Array, rate: float, keys: jax.Array | None) -> jax.Array:
+    """Inverted dropout as `torch.nn.functional.dropout` in training: each value is zeroed with
+    probability `rate` and the others are scaled by 1 / (1 - rate).
+
+    x [B, ...]; keys [B]: row b's mask comes from keys[b] alone. Identity, with no
+    random numbers drawn, when `keys` is None or `rate` is 0.
+    """
+    if keys is None or rate == 0:
+        return x
+    if rate >= 1:
+        return jnp.zeros_like(x)
+    keep = jax.vmap(lambda key: jax.random.bernoulli(key, 1.0 - rate, x.shape[1:]))(keys)
+    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros((), x.dtype))  # as torch
+
+
 # --- ragged rows in padded arrays (lengths always come from the mask) -------------
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """[B, T] 0/1 -> [B, T] positions that count real tokens only: cumsum(mask) - 1, clipped at 0.
+
+    Real tokens are numbered 0, 1, ... whatever padding precedes them (as
+    transformers' `generate` numbers left-padded rows); pads get the position of
+    the real token before them (0 before the first).
+    """
+    return jnp.maximum(jnp.cumsum((mask > 0).astype(jnp.int32), axis=-1) - 1, 0)
+
 
 def first_real(mask: jax.Array) -> jax.Array:
     """[B, T] 0/1 -> [B] index of the first real token (0 for an all-pad row)."""

@@ -10,6 +10,23 @@ embeddings, no positions), `activations` (positions + blocks + final norm on
 right after each row's last real position), `start_decode` and
 `embedding_table`.
 
+Positions come from the attention mask (cumsum(mask) - 1, clipped at 0) in
+every path: the forward, the prompted model, target scoring and decoding. A
+row's prediction therefore never depends on the side or amount of its padding
+(Hugging Face's forward numbers positions 0..T-1, counting left pads; its
+`generate` numbers them from the mask as we do). Right-padded rows get the same
+positions as 0..T-1 at every real token.
+
+Dropout (training only: a `dropout_rng`) sits exactly where transformers'
+PyTorch `GPT2LMHeadModel` applies it in train mode (modeling_gpt2.py):
+- `embd_pdrop` on wte + wpe (`GPT2Model.drop`), so on soft prompt embeddings too,
+  as PEFT feeds them through `inputs_embeds`;
+- `attn_pdrop` on the attention probabilities, after the softmax
+  (`GPT2Attention.attn_dropout` / eager_attention_forward);
+- `resid_pdrop` after the attention output projection (`GPT2Attention.resid_dropout`)
+  and after the MLP output projection (`GPT2MLP.dropout`), before each residual add.
+No dropout after `ln_f` or in the LM head, as in transformers.
+
 Decoding uses a fixed-size KV cache: `init_cache(B, M)` and `forward_cached`,
 which writes the keys and values of T new positions at slot `index` and attends
 over all M slots; shapes never change, so a generation loop runs inside one
@@ -44,6 +61,10 @@ class GPT2Config:
     scale_attn_by_inverse_layer_idx: bool = False
     bos_token_id: int = 50256
     eos_token_id: int = 50256
+    # Dropout rates (transformers' defaults); used only when a training step passes a dropout_rng.
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
 
     model_type = "gpt2"
 
@@ -54,6 +75,14 @@ class GPT2Config:
     @property
     def inner_size(self) -> int:
         return self.n_inner or 4 * self.n_embd
+
+    @property
+    def has_dropout(self) -> bool:
+        return max(self.resid_pdrop, self.embd_pdrop, self.attn_pdrop) > 0
+
+    def with_dropout(self, rate: float) -> "GPT2Config":
+        """Every dropout rate (resid, embd, attn) replaced by `rate` (T5X's DROPOUT_RATE)."""
+        return dataclasses.replace(self, resid_pdrop=rate, embd_pdrop=rate, attn_pdrop=rate)
 
     @classmethod
     def from_hf(cls, config: dict[str, Any], tensor_names=None) -> "GPT2Config":
@@ -128,6 +157,7 @@ class Attention(nnx.Module):
         if config.scale_attn_by_inverse_layer_idx:
             scale /= layer_idx + 1
         self.scale = scale
+        self.attn_pdrop, self.resid_pdrop = config.attn_pdrop, config.resid_pdrop
 
     def _qkv(self, x: jax.Array):
         """x [B, T, H] -> q, k, v, each [B, T, N, D]."""
@@ -135,12 +165,15 @@ class Attention(nnx.Module):
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         return tuple(y.reshape(b, t, self.n_head, h // self.n_head) for y in (q, k, v))
 
-    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
-        """x [B, T, H], bias [B|1, 1, T, T] -> [B, T, H]."""
+    def __call__(self, x: jax.Array, bias: jax.Array, keys: jax.Array | None = None) -> jax.Array:
+        """x [B, T, H], bias [B|1, 1, T, T] -> [B, T, H]; per-row dropout `keys` [B] or None.
+
+        Dropout: attn_pdrop on the attention probabilities, resid_pdrop after c_proj.
+        """
         b, t, h = x.shape
         q, k, v = self._qkv(x)
-        out = common.attend(q, k, v, bias, self.scale)
-        return self.c_proj(out.reshape(b, t, h))
+        out = common.attend(q, k, v, bias, self.scale, self.attn_pdrop, common.fold(keys, 0))
+        return common.dropout(self.c_proj(out.reshape(b, t, h)), self.resid_pdrop, common.fold(keys, 1))
 
     def cached(self, x: jax.Array, bias: jax.Array, cache, index):
         """x [B, T, H], bias [B|1, 1, T, M], cache (k, v) [B, M, N, D] -> ([B, T, H], updated cache).
@@ -162,9 +195,11 @@ class MLP(nnx.Module):
         self.c_fc = Conv1D(h, config.inner_size, ("embed", "mlp"), stddev=std, **kw)
         self.c_proj = Conv1D(config.inner_size, h, ("mlp", "embed"), stddev=std / (2 * config.n_layer) ** 0.5, **kw)
         self.act = common.activation(config.activation_function)
+        self.resid_pdrop = config.resid_pdrop
 
-    def __call__(self, x):
-        return self.c_proj(self.act(self.c_fc(x)))
+    def __call__(self, x, keys=None):
+        """Dropout: resid_pdrop after c_proj (`GPT2MLP.dropout`)."""
+        return common.dropout(self.c_proj(self.act(self.c_fc(x))), self.resid_pdrop, keys)
 
 
 class Block(nnx.Module):
@@ -176,9 +211,9 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(config.n_embd, eps, param_dtype=param_dtype)
         self.mlp = MLP(config, **kw)
 
-    def __call__(self, x, bias):
-        x = x + self.attn(self.ln_1(x), bias)
-        return x + self.mlp(self.ln_2(x))
+    def __call__(self, x, bias, keys=None):
+        x = x + self.attn(self.ln_1(x), bias, common.fold(keys, 0))
+        return x + self.mlp(self.ln_2(x), common.fold(keys, 1))
 
     def cached(self, x, bias, cache, index):
         a, cache = self.attn.cached(self.ln_1(x), bias, cache, index)
@@ -218,21 +253,30 @@ class GPT2(nnx.Module):
         return self.wte(input_ids)
 
     def forward_embeddings(self, inputs_embeds: jax.Array, attention_mask: jax.Array | None = None,
-                           position_ids: jax.Array | None = None) -> jax.Array:
+                           position_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
         """Adds positions and runs the blocks and final norm: [B, T, H] -> hidden [B, T, H].
 
-        `position_ids` [B|1, T] default to 0..T-1, as Hugging Face's forward does
-        (also under left padding), so numbers match the PyTorch model.
+        `position_ids` [B|1, T] default to cumsum(attention_mask) - 1, clipped at 0
+        (0..T-1 without a mask): pads are not counted, so left and right padding
+        give the same numbers at real tokens. dropout_rng: None (no dropout), a key,
+        or one key per row [B] (see `common.row_keys`); draws nothing when every rate is 0.
         """
-        t = inputs_embeds.shape[1]
+        b, t = inputs_embeds.shape[:2]
         if t > self.config.n_positions:
             raise ValueError(f"sequence length {t} exceeds GPT-2's n_positions {self.config.n_positions}")
         if position_ids is None:
-            position_ids = jnp.arange(t)[None]
+            position_ids = (jnp.arange(t)[None] if attention_mask is None
+                            else common.positions_from_mask(attention_mask))
+        keys = common.row_keys(dropout_rng, b) if self.config.has_dropout else None
         x = inputs_embeds.astype(self.dtype) + self.wpe(position_ids)
+        x = common.dropout(x, self.config.embd_pdrop, common.fold(keys, 0))
         bias = common.causal_bias(t, t) + common.padding_bias(attention_mask, t)
-        for block in self.h:
-            x = nnx.remat(type(block).__call__)(block, x, bias) if self.remat else block(x, bias)
+        for i, block in enumerate(self.h):
+            block_keys = common.fold(keys, i + 1)
+            if self.remat:
+                x = nnx.remat(type(block).__call__)(block, x, bias, block_keys)
+            else:
+                x = block(x, bias, block_keys)
         return self.ln_f(x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -240,21 +284,25 @@ class GPT2(nnx.Module):
         w = self.wte.weight[...].astype(self.dtype)
         return jnp.einsum("...h,vh->...v", hidden, w, preferred_element_type=jnp.float32)
 
-    def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None):
+    def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
+                    dropout_rng=None):
         """[B, S, H] embeddings -> (hidden [B, S, H], mask [B, S]): the prediction follows the last real input."""
-        return self.forward_embeddings(inputs_embeds, attention_mask), attention_mask
+        return self.forward_embeddings(inputs_embeds, attention_mask, dropout_rng=dropout_rng), attention_mask
 
-    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask):
+    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None):
         """Targets [R*B, L] teacher-forced right after each input's last real position -> logits [R*B, L, V].
 
         The target block counts as real whatever `target_mask` says: padded target
         positions come after the real ones, so no real target attends to them.
+        Positions come from the mask, so the targets continue the real tokens' numbering.
+        With R > 1, copy r of row b draws its dropout masks from fold_in(key_b, r).
         """
         b, (rb, length) = inputs_embeds.shape[0], target_ids.shape
         rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
         at = rep(common.last_real(attention_mask) + 1)  # [R*B] where the first target token goes
         full, full_mask, _ = common.insert(rep(inputs_embeds), rep(attention_mask), self.embed(target_ids), at)
-        hidden = self.forward_embeddings(full, full_mask)  # [R*B, S+L, H]
+        keys = common.repeat_keys(common.row_keys(dropout_rng, b) if self.config.has_dropout else None, rb // b)
+        hidden = self.forward_embeddings(full, full_mask, dropout_rng=keys)  # [R*B, S+L, H]
         # Target token l sits at at+l and is predicted from position at+l-1.
         pos = at[:, None] - 1 + jnp.arange(length)[None, :]
         return self.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
@@ -274,7 +322,7 @@ class GPT2(nnx.Module):
         order = jnp.argsort(attention_mask > 0, axis=1, stable=True)  # pads first, real tokens in order
         embeds = jnp.take_along_axis(inputs_embeds, order[..., None], axis=1)
         mask = jnp.take_along_axis(attention_mask, order, axis=1)
-        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        positions = common.positions_from_mask(mask)  # as forward_embeddings numbers them
         cache_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), mask.dtype)], axis=1)  # [B, S + N]
         hidden, cache = self.forward_cached(embeds, cache_mask, positions, self.init_cache(b, s + max_new_tokens), 0)
         next_position = positions[:, -1] + 1  # [B]
@@ -287,9 +335,14 @@ class GPT2(nnx.Module):
         return self.logits(hidden[:, -1]), cache, step
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 position_ids: jax.Array | None = None) -> jax.Array:
-        """input_ids [B, T], attention_mask [B, T] (1 = real) -> logits [B, T, V] (float32)."""
-        return self.logits(self.forward_embeddings(self.embed(input_ids), attention_mask, position_ids))
+                 position_ids: jax.Array | None = None, *, dropout_rng: jax.Array | None = None) -> jax.Array:
+        """input_ids [B, T], attention_mask [B, T] (1 = real) -> logits [B, T, V] (float32).
+
+        Positions default to cumsum(attention_mask) - 1 (see `forward_embeddings`);
+        pass `position_ids` to number them otherwise. No dropout unless `dropout_rng` is given.
+        """
+        return self.logits(self.forward_embeddings(self.embed(input_ids), attention_mask, position_ids,
+                                                   dropout_rng))
 
     # --- incremental decoding with a KV cache ------------------------------------
     def init_cache(self, batch: int, max_length: int):
@@ -306,7 +359,7 @@ class GPT2(nnx.Module):
         traced); cache_mask [B, M] marks the slots holding real tokens (slots after
         the current position are hidden by the causal mask, whatever their mask);
         position_ids [B, T] are the positions added to the embeddings. With M = T,
-        index 0 and default positions this equals `forward_embeddings`.
+        index 0 and the same positions this equals `forward_embeddings`. Never drops out.
         """
         t, m = inputs_embeds.shape[1], cache_mask.shape[1]
         x = inputs_embeds.astype(self.dtype) + self.wpe(position_ids)

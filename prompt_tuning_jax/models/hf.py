@@ -213,19 +213,33 @@ def config_from_folder(folder: str, ckpt: Checkpoint | None = None):
         raise CheckpointError(f"{os.path.join(folder, 'config.json')}: {e}") from None
 
 
+def with_dropout_rate(config, dropout_rate: float | None):
+    """`config` with every dropout rate replaced by `dropout_rate`; unchanged when it is None."""
+    if dropout_rate is None:
+        return config
+    if not 0.0 <= dropout_rate <= 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1] (or None for the checkpoint's rates), got {dropout_rate!r}")
+    if not hasattr(config, "with_dropout"):
+        raise ValueError(f"{config.model_type} models have no dropout rates to override (dropout_rate="
+                         f"{dropout_rate}); leave DROPOUT_RATE unset")
+    return config.with_dropout(float(dropout_rate))
+
+
 def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, mesh=None, rules=None,
-                    remat: bool = False):
+                    remat: bool = False, dropout_rate: float | None = None):
     """Loads a GPT-2 or T5 Hugging Face checkpoint (local folder or hub id) into our NNX model.
 
     `dtype` is the compute dtype, `param_dtype` the storage dtype of the frozen
     weights. With a `mesh`, each weight is placed by its logical axes
     (`partitioning.DEFAULT_RULES` unless `rules` is given); each process
-    reads only the slices its devices hold.
+    reads only the slices its devices hold. `dropout_rate` (T5X's DROPOUT_RATE)
+    replaces all of the checkpoint's dropout rates; None keeps config.json's.
+    Dropout only ever acts in a training step that passes a `dropout_rng`.
     """
     folder = resolve_folder(name_or_path)
     read_config(folder)  # fail on a wrong model type before opening weights
     ckpt = Checkpoint(folder)
-    config = config_from_folder(folder, ckpt)
+    config = with_dropout_rate(config_from_folder(folder, ckpt), dropout_rate)
     _, model_cls = base.family(config.model_type)
     abstract = nnx.eval_shape(lambda: model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat,
                                                 rngs=nnx.Rngs(0)))
@@ -256,8 +270,13 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
     return nnx.merge(graphdef, state)
 
 
-def init_random(config, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0, remat: bool = False):
-    """A randomly initialised model for `config` (a GPT2Config, a T5Config or a registered family's)."""
+def init_random(config, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0, remat: bool = False,
+                dropout_rate: float | None = None):
+    """A randomly initialised model for `config` (a GPT2Config, a T5Config or a registered family's).
+
+    dropout_rate: replaces all of the config's dropout rates (None keeps them).
+    """
+    config = with_dropout_rate(config, dropout_rate)
     _, model_cls = base.family(config.model_type)
     return model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(seed))
 

@@ -13,6 +13,23 @@ Differences that matter (all read from config.json):
 encoder once per input, the decoder once per target), `start_decode` and
 `embedding_table`; `encode` and `decode` are the two halves.
 
+T5 has no absolute positions (relative position buckets only), so a row's
+numbers never depend on its padding.
+
+Dropout (training only: a `dropout_rng`) at `dropout_rate`, exactly where
+transformers' PyTorch `T5ForConditionalGeneration` applies it in train mode
+(modeling_t5.py), in the encoder and in the decoder alike:
+- on the input embeddings (`T5Stack.dropout(inputs_embeds)`), so on soft prompt
+  embeddings too, as PEFT feeds them through `inputs_embeds`;
+- on the attention weights after the softmax, in self- and cross-attention
+  (`eager_attention_forward`'s dropout);
+- inside the MLP after the activation (gated: after act(wi_0 x) * wi_1 x), before `wo`
+  (`T5DenseActDense.dropout` / `T5DenseGatedActDense.dropout`);
+- on each sublayer's output before its residual add (`T5LayerSelfAttention`,
+  `T5LayerCrossAttention`, `T5LayerFF` `.dropout`);
+- after the final layer norm of each stack (`T5Stack.dropout(final_layer_norm(...))`).
+No dropout in the LM head.
+
 Decoding uses `init_cache(encoder_hidden, M)` (a fixed-size decoder
 self-attention cache plus the cross-attention keys and values, computed once
 from the encoder output) and `decode_cached`, which runs new decoder positions
@@ -56,6 +73,8 @@ class T5Config:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
+    # transformers' default; used only when a training step passes a dropout_rng.
+    dropout_rate: float = 0.1
 
     model_type = "t5"
 
@@ -72,6 +91,14 @@ class T5Config:
     @property
     def n_decoder_layers(self) -> int:
         return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+    @property
+    def has_dropout(self) -> bool:
+        return self.dropout_rate > 0
+
+    def with_dropout(self, rate: float) -> "T5Config":
+        """`dropout_rate` replaced by `rate` (T5X's DROPOUT_RATE)."""
+        return dataclasses.replace(self, dropout_rate=rate)
 
     @property
     def is_gated(self) -> bool:
@@ -190,6 +217,7 @@ class Attention(nnx.Module):
                 rngs, (config.relative_attention_num_buckets, config.num_heads),
                 ("relpos_buckets", "relpos_heads"), param_dtype, f * d**-0.5))
         self.num_heads, self.d_kv = config.num_heads, config.d_kv
+        self.dropout_rate = config.dropout_rate
 
     def _heads(self, y: jax.Array) -> jax.Array:
         return y.reshape(*y.shape[:2], self.num_heads, self.d_kv)
@@ -198,14 +226,18 @@ class Attention(nnx.Module):
         """kv [B, Tk, d] -> keys and values, each [B, Tk, N, D]."""
         return self._heads(self.k(kv)), self._heads(self.v(kv))
 
-    def attend_to(self, x: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
-        """x [B, Tq, d] attends to projected k, v [B, Tk, N, D]; bias [B|1, N|1, Tq, Tk] -> [B, Tq, d]."""
-        out = common.attend(self._heads(self.q(x)), k, v, bias, scale=1.0)
+    def attend_to(self, x: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
+                  keys: jax.Array | None = None) -> jax.Array:
+        """x [B, Tq, d] attends to projected k, v [B, Tk, N, D]; bias [B|1, N|1, Tq, Tk] -> [B, Tq, d].
+
+        With per-row dropout `keys` [B]: dropout on the attention weights after the softmax.
+        """
+        out = common.attend(self._heads(self.q(x)), k, v, bias, 1.0, self.dropout_rate, keys)
         return self.o(out.reshape(*out.shape[:2], -1))
 
-    def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array, keys: jax.Array | None = None) -> jax.Array:
         """x [B, Tq, d], kv [B, Tk, d], bias [B|1, N|1, Tq, Tk] -> [B, Tq, d]."""
-        return self.attend_to(x, *self.project_kv(kv), bias)
+        return self.attend_to(x, *self.project_kv(kv), bias, keys)
 
     def position_bias(self, q_len: int, k_len: int, bidirectional: bool, num_buckets: int,
                       max_distance: int, q_offset: int | jax.Array = 0) -> jax.Array:
@@ -220,10 +252,12 @@ class LayerSelfAttention(nnx.Module):
     def __init__(self, config, has_relative_attention_bias, *, dtype, param_dtype, rngs):
         self.SelfAttention = Attention(config, has_relative_attention_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layer_norm = LayerNorm(config.d_model, config.layer_norm_epsilon, param_dtype=param_dtype)
+        self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, bias):
+    def __call__(self, x, bias, keys=None):
         h = self.layer_norm(x)
-        return x + self.SelfAttention(h, h, bias)
+        out = self.SelfAttention(h, h, bias, common.fold(keys, 0))
+        return x + common.dropout(out, self.dropout_rate, common.fold(keys, 1))
 
     def cached(self, x, bias, cache, index):
         """x [B, T, d]; cache (k, v) [B, M, N, D] gets this step's keys and values at slot `index`."""
@@ -237,9 +271,11 @@ class LayerCrossAttention(nnx.Module):
     def __init__(self, config, *, dtype, param_dtype, rngs):
         self.EncDecAttention = Attention(config, False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layer_norm = LayerNorm(config.d_model, config.layer_norm_epsilon, param_dtype=param_dtype)
+        self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, encoder_hidden, bias):
-        return x + self.EncDecAttention(self.layer_norm(x), encoder_hidden, bias)
+    def __call__(self, x, encoder_hidden, bias, keys=None):
+        out = self.EncDecAttention(self.layer_norm(x), encoder_hidden, bias, common.fold(keys, 0))
+        return x + common.dropout(out, self.dropout_rate, common.fold(keys, 1))
 
     def cached(self, x, cross_kv, bias):
         """Cross-attention to keys and values projected once from the encoder output (`init_cache`)."""
@@ -255,9 +291,10 @@ class DenseActDense(nnx.Module):
         self.wi = Linear(d, ff, ("mlp", "embed"), stddev=f * d**-0.5, **kw)
         self.wo = Linear(ff, d, ("embed", "mlp"), stddev=f * ff**-0.5, **kw)
         self.act = common.activation(config.act_name)
+        self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x):
-        return self.wo(self.act(self.wi(x)))
+    def __call__(self, x, keys=None):
+        return self.wo(common.dropout(self.act(self.wi(x)), self.dropout_rate, keys))
 
 
 class DenseGatedActDense(nnx.Module):
@@ -270,9 +307,10 @@ class DenseGatedActDense(nnx.Module):
         self.wi_1 = Linear(d, ff, ("mlp", "embed"), stddev=f * d**-0.5, **kw)
         self.wo = Linear(ff, d, ("embed", "mlp"), stddev=f * ff**-0.5, **kw)
         self.act = common.activation(config.act_name)
+        self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x):
-        return self.wo(self.act(self.wi_0(x)) * self.wi_1(x))
+    def __call__(self, x, keys=None):
+        return self.wo(common.dropout(self.act(self.wi_0(x)) * self.wi_1(x), self.dropout_rate, keys))
 
 
 class LayerFF(nnx.Module):
@@ -280,9 +318,11 @@ class LayerFF(nnx.Module):
         mlp = DenseGatedActDense if config.is_gated else DenseActDense
         self.DenseReluDense = mlp(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layer_norm = LayerNorm(config.d_model, config.layer_norm_epsilon, param_dtype=param_dtype)
+        self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x):
-        return x + self.DenseReluDense(self.layer_norm(x))
+    def __call__(self, x, keys=None):
+        out = self.DenseReluDense(self.layer_norm(x), common.fold(keys, 0))
+        return x + common.dropout(out, self.dropout_rate, common.fold(keys, 1))
 
 
 class Block(nnx.Module):
@@ -297,11 +337,11 @@ class Block(nnx.Module):
         self.layer = nnx.List(layers)
         self.is_decoder = is_decoder
 
-    def __call__(self, x, bias, encoder_hidden=None, cross_bias=None):
-        x = self.layer[0](x, bias)
+    def __call__(self, x, bias, encoder_hidden=None, cross_bias=None, keys=None):
+        x = self.layer[0](x, bias, common.fold(keys, 0))
         if self.is_decoder:
-            x = self.layer[1](x, encoder_hidden, cross_bias)
-        return self.layer[-1](x)
+            x = self.layer[1](x, encoder_hidden, cross_bias, common.fold(keys, 1))
+        return self.layer[-1](x, common.fold(keys, 2))
 
     def cached(self, x, bias, self_kv, cross_kv, cross_bias, index):
         """Decoder block on new positions: -> (x, updated self-attention cache)."""
@@ -322,10 +362,16 @@ class Stack(nnx.Module):
         self.remat = remat
         self.buckets = config.relative_attention_num_buckets
         self.max_distance = config.relative_attention_max_distance
+        self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, attention_mask=None, encoder_hidden=None, encoder_mask=None):
-        """x [B, T, d] embeddings -> [B, T, d]; decoder: causal + cross-attention to encoder_hidden [B, S, d]."""
+    def __call__(self, x, attention_mask=None, encoder_hidden=None, encoder_mask=None, keys=None):
+        """x [B, T, d] embeddings -> [B, T, d]; decoder: causal + cross-attention to encoder_hidden [B, S, d].
+
+        keys: per-row dropout keys [B] or None (dropout on the embeddings, in the blocks,
+        and after the final layer norm).
+        """
         t = x.shape[1]
+        x = common.dropout(x, self.dropout_rate, common.fold(keys, 0))
         rel = self.block[0].layer[0].SelfAttention
         bias = rel.position_bias(t, t, not self.is_decoder, self.buckets, self.max_distance)
         bias = bias + common.padding_bias(attention_mask, t)
@@ -333,12 +379,13 @@ class Stack(nnx.Module):
         if self.is_decoder:
             bias = bias + common.causal_bias(t, t)
             cross_bias = common.padding_bias(encoder_mask, encoder_hidden.shape[1])
-        for block in self.block:
+        for i, block in enumerate(self.block):
+            block_keys = common.fold(keys, i + 2)
             if self.remat:
-                x = nnx.remat(type(block).__call__)(block, x, bias, encoder_hidden, cross_bias)
+                x = nnx.remat(type(block).__call__)(block, x, bias, encoder_hidden, cross_bias, block_keys)
             else:
-                x = block(x, bias, encoder_hidden, cross_bias)
-        return self.final_layer_norm(x)
+                x = block(x, bias, encoder_hidden, cross_bias, block_keys)
+        return common.dropout(self.final_layer_norm(x), self.dropout_rate, common.fold(keys, 1))
 
     def cached(self, x, cache, index, encoder_mask=None):
         """Decoder only: x [B, T, d] at positions index..index+T-1 -> ([B, T, d], updated cache)."""
@@ -382,14 +429,22 @@ class T5(nnx.Module):
         """[B, T] -> [B, T, d]."""
         return jnp.take(self.shared["weight"][...], input_ids, axis=0).astype(self.dtype)
 
-    def encode(self, inputs_embeds: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
-        """Encoder on embeddings: [B, S, d] -> [B, S, d]."""
-        return self.encoder(inputs_embeds.astype(self.dtype), attention_mask)
+    def _row_keys(self, dropout_rng, batch: int):
+        """Per-row dropout keys [B], or None when there is no rng or every rate is 0 (nothing drawn)."""
+        return common.row_keys(dropout_rng, batch) if self.config.has_dropout else None
+
+    def encode(self, inputs_embeds: jax.Array, attention_mask: jax.Array | None = None,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+        """Encoder on embeddings: [B, S, d] -> [B, S, d]. dropout_rng: None, a key, or row keys [B]."""
+        keys = self._row_keys(dropout_rng, inputs_embeds.shape[0])
+        return self.encoder(inputs_embeds.astype(self.dtype), attention_mask, keys=keys)
 
     def decode(self, decoder_input_ids: jax.Array, encoder_hidden: jax.Array, encoder_mask: jax.Array | None = None,
-               decoder_attention_mask: jax.Array | None = None) -> jax.Array:
+               decoder_attention_mask: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
         """Decoder: ids [B, T] attending to encoder_hidden [B, S, d] -> hidden [B, T, d]."""
-        return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_hidden, encoder_mask)
+        keys = self._row_keys(dropout_rng, decoder_input_ids.shape[0])
+        return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_hidden, encoder_mask,
+                            keys=keys)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[..., d] -> [..., V] float32, with v1.0's d_model**-0.5 rescale when configured."""
@@ -398,27 +453,38 @@ class T5(nnx.Module):
         w = self.embedding_table if self.config.tie_word_embeddings else self.lm_head.weight[...]
         return jnp.einsum("...d,vd->...v", hidden, w.astype(self.dtype), preferred_element_type=jnp.float32)
 
-    def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None):
+    def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
+                    dropout_rng=None):
         """Encoder on [B, S, d] embeddings, then the decoder -> (decoder hidden [B, T, d], mask [B, T]).
 
         decoder_input_ids [B, T] default to one start token: the prediction is the first output token.
+        Row b's encoder and decoder draw their dropout masks from fold_in(key_b, 0) and fold_in(key_b, 1).
         """
+        b = inputs_embeds.shape[0]
         if decoder_input_ids is None:
-            decoder_input_ids = jnp.full((inputs_embeds.shape[0], 1), self.config.decoder_start_token_id, jnp.int32)
-        hidden = self.decode(decoder_input_ids, self.encode(inputs_embeds, attention_mask), attention_mask,
-                             decoder_attention_mask)
+            decoder_input_ids = jnp.full((b, 1), self.config.decoder_start_token_id, jnp.int32)
+        keys = self._row_keys(dropout_rng, b)
+        encoded = self.encode(inputs_embeds, attention_mask, common.fold(keys, 0))
+        hidden = self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask,
+                             common.fold(keys, 1))
         mask = (decoder_attention_mask if decoder_attention_mask is not None
                 else jnp.ones(decoder_input_ids.shape, jnp.int32))
         return hidden, mask
 
-    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask):
-        """The encoder once per input [B, S, d], the decoder once per target [R*B, L] -> logits [R*B, L, V]."""
+    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None):
+        """The encoder once per input [B, S, d], the decoder once per target [R*B, L] -> logits [R*B, L, V].
+
+        Dropout keys as in `activations`; with R > 1, decoder copy r of row b folds in r.
+        """
         b, rb = inputs_embeds.shape[0], target_ids.shape[0]
         rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
-        encoded = self.encode(inputs_embeds, attention_mask)
+        keys = self._row_keys(dropout_rng, b)
+        encoded = self.encode(inputs_embeds, attention_mask, common.fold(keys, 0))
         start = jnp.full((rb, 1), self.config.decoder_start_token_id, target_ids.dtype)
         decoder_input_ids = jnp.concatenate([start, target_ids[:, :-1]], axis=1)  # shifted right
-        return self.logits(self.decode(decoder_input_ids, rep(encoded), rep(attention_mask), target_mask))
+        decoder_keys = common.repeat_keys(common.fold(keys, 1), rb // b)
+        return self.logits(self.decode(decoder_input_ids, rep(encoded), rep(attention_mask), target_mask,
+                                       decoder_keys))
 
     def start_decode(self, inputs_embeds, attention_mask, max_new_tokens: int):
         """Encoder + first decoder step -> (logits [B, V], decoder self-attention cache, step)."""
@@ -434,10 +500,12 @@ class T5(nnx.Module):
         return self.logits(h[:, 0]), cache["self"], step
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
-                 decoder_input_ids: jax.Array, decoder_attention_mask: jax.Array | None = None) -> jax.Array:
-        """input_ids [B, S], decoder_input_ids [B, T] -> logits [B, T, V] (float32)."""
-        encoded = self.encode(self.embed(input_ids), attention_mask)
-        return self.logits(self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask))
+                 decoder_input_ids: jax.Array, decoder_attention_mask: jax.Array | None = None,
+                 dropout_rng: jax.Array | None = None) -> jax.Array:
+        """input_ids [B, S], decoder_input_ids [B, T] -> logits [B, T, V] (float32); no dropout without dropout_rng."""
+        hidden, _ = self.activations(self.embed(input_ids), attention_mask, decoder_input_ids=decoder_input_ids,
+                                     decoder_attention_mask=decoder_attention_mask, dropout_rng=dropout_rng)
+        return self.logits(hidden)
 
     # --- incremental decoding with a KV cache ------------------------------------
     def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:

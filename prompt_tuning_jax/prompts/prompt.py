@@ -10,6 +10,12 @@ in multi-task batches); the model's weights stay `nnx.Param` and are never
 differentiated. Under `jax.jit`, outputs you do not use are not computed. The
 wrapper uses the model only through its seam (`embed`, `activations`, `logits`,
 `embedding_table`): it never asks which family it wraps.
+
+The prompt enters where input embeddings enter (`activations(inputs_embeds)`),
+so in training (`dropout_rng`) the model's embedding dropout applies to it, as
+PEFT's prompt tuning does through `inputs_embeds`. Without `dropout_rng` (the
+default: evaluation, prediction, decoding) nothing is dropped. Padding never
+changes a prediction: positions come from the mask (module docs of `models/`).
 """
 from __future__ import annotations
 
@@ -123,10 +129,15 @@ class PromptedModel(nnx.Module):
         return combine.insert(self.model.embed(input_ids), attention_mask, prompt, at)
 
     def __call__(self, input_ids, attention_mask=None, *, decoder_input_ids=None, decoder_attention_mask=None,
-                 task_index=None) -> PromptOutput:
+                 task_index=None, dropout_rng=None) -> PromptOutput:
+        """input_ids / attention_mask [B, T] -> PromptOutput.
+
+        dropout_rng: None (no dropout), one key per row [B], or a single key (training only).
+        """
         embeds, mask, positions = self._combine(input_ids, attention_mask, task_index)
         hidden, read_mask = self.model.activations(embeds, mask, decoder_input_ids=decoder_input_ids,
-                                                   decoder_attention_mask=decoder_attention_mask)
+                                                   decoder_attention_mask=decoder_attention_mask,
+                                                   dropout_rng=dropout_rng)
         last = jnp.maximum(combine.last_real(read_mask), 0)
         h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, H]
         prediction = self.head(h_last) if self.head is not None else self.model.logits(h_last)

@@ -7,6 +7,9 @@
 
 Each loss returns sums, not means (`loss_sum`, `denominator`), so gradient
 accumulation and multi-device batches normalise once, by the true total.
+
+`loss_terms` takes the training step's `dropout_rng` (one key per row, see
+`models/base.py`); `predict_classes` never drops out.
 """
 from __future__ import annotations
 
@@ -29,16 +32,19 @@ def _task_index(prompted, batch):
     return batch["task_index"] if prompted.num_tasks > 1 else None
 
 
-def loss_terms(prompted, batch: dict, objective: str) -> dict[str, jax.Array]:
-    """Per-batch sums: {'loss_sum', 'denominator', ...metric sums} (all float32 scalars)."""
+def loss_terms(prompted, batch: dict, objective: str, dropout_rng: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Per-batch sums: {'loss_sum', 'denominator', ...metric sums} (all float32 scalars).
+
+    dropout_rng: None (no dropout: eval mode) or one key per row of `batch` [B].
+    """
     weight = batch["weight"].astype(jnp.float32)  # [B]
     task = _task_index(prompted, batch)
     if objective == "lm":
         target_mask = batch["target_mask"].astype(jnp.float32) * weight[:, None]
         logp = target_token_logprobs(prompted, batch["input_ids"], batch["attention_mask"], batch["target_ids"],
-                                     target_mask, task)  # [B, L]
+                                     target_mask, task, dropout_rng=dropout_rng)  # [B, L]
         return {"loss_sum": -logp.sum(), "denominator": target_mask.sum(), "examples": weight.sum()}
-    out = prompted(batch["input_ids"], batch["attention_mask"], task_index=task)
+    out = prompted(batch["input_ids"], batch["attention_mask"], task_index=task, dropout_rng=dropout_rng)
     if objective == "classification":
         logp = jax.nn.log_softmax(out.prediction.astype(jnp.float32), axis=-1)
         label = batch["label"].astype(jnp.int32)

@@ -5,7 +5,7 @@
 
 The hot path is a pure function
 
-    step(trainable, opt_state, frozen, batch) -> (trainable, opt_state, metrics)
+    step(trainable, opt_state, frozen, batch, step) -> (trainable, opt_state, metrics)
 
 compiled once per batch shape with `jax.jit(in_shardings=..., out_shardings=...,
 donate_argnums=(0, 1))`: the trainable state (prompt, head) and its optimizer
@@ -13,6 +13,15 @@ state are replicated and donated; the frozen weights are sharded by their
 logical axes, never donated and never differentiated; the batch is split over
 the `data` axis, each process supplying only its own rows (`MeshState`).
 Gradient accumulation is a `lax.scan` over micro-batches inside the same step.
+
+Dropout (the model's rates, as in transformers' train mode): the step number is
+an array argument (no recompilation per step), the step key is
+fold_in(key(seed), step), and row i of the global batch gets
+fold_in(step_key, i), from which the model draws all of that row's masks. So a
+run is reproducible from its seed, a resumed run draws the masks an
+uninterrupted one would, and masks do not depend on how the batch is split
+(`accum_steps` micro-batches, data shards, processes). `seed=None` trains with
+no dropout at all (eval mode); a model whose rates are 0 draws nothing.
 """
 from __future__ import annotations
 
@@ -29,12 +38,25 @@ from prompt_tuning_jax.training.predict import Predictor
 from prompt_tuning_jax.training.runtime import MeshState
 
 
-def _train_step(trainable, opt_state, frozen, batch, *, graphdef, tx, objective, accum_steps):
+def dropout_keys(seed: int | None, step: jax.Array, rows: int) -> jax.Array | None:
+    """Row i of the global batch at `step` -> fold_in(fold_in(key(seed), step), i): typed keys [rows]."""
+    if seed is None:
+        return None
+    step_key = jax.random.fold_in(jax.random.key(seed), step)
+    return jax.vmap(jax.random.fold_in, (None, 0))(step_key, jnp.arange(rows))
+
+
+def _train_step(trainable, opt_state, frozen, batch, step, *, graphdef, tx, objective, accum_steps, seed):
     def sums(tr, micro):
-        terms = objectives.loss_terms(nnx.merge(graphdef, tr, frozen), micro, objective)
+        micro = dict(micro)
+        keys = micro.pop("dropout_rng", None)
+        terms = objectives.loss_terms(nnx.merge(graphdef, tr, frozen), micro, objective, dropout_rng=keys)
         return terms["loss_sum"], terms
 
     grad_fn = jax.grad(sums, has_aux=True)
+    keys = dropout_keys(seed, step, batch["input_ids"].shape[0])
+    if keys is not None:  # the keys travel with their rows into the micro-batches
+        batch = {**batch, "dropout_rng": keys}
     if accum_steps == 1:
         grads, terms = grad_fn(trainable, batch)
     else:
@@ -59,22 +81,25 @@ class Trainer:
     """The optimizer state and the compiled step of a prompted model on a mesh.
 
     prompted: a PromptedModel (split and placed here, on `mesh` with `rules`) or
-    an existing `MeshState`. `predictor` evaluates the current state.
+    an existing `MeshState`. `predictor` evaluates the current state (never
+    with dropout). seed: the run's dropout seed (module docstring); None trains
+    without dropout whatever the model's rates.
     """
 
     def __init__(self, prompted, optimizer: optax.GradientTransformation, *, objective: str = "lm", mesh=None,
-                 rules=None, accum_steps: int = 1):
+                 rules=None, accum_steps: int = 1, seed: int | None = 0):
         state = prompted if isinstance(prompted, MeshState) else MeshState(prompted, mesh, rules)
         objectives.check_objective(objective, state.merge())
         if accum_steps < 1:
             raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
         self.state, self.tx, self.objective, self.accum_steps = state, optimizer, objective, accum_steps
+        self.seed = seed
         self.opt_state = jax.jit(optimizer.init, out_shardings=state.replicated)(state.trainable)
         self.step = 0
         step_fn = functools.partial(_train_step, graphdef=state.graphdef, tx=optimizer, objective=objective,
-                                    accum_steps=accum_steps)
+                                    accum_steps=accum_steps, seed=seed)
         rep = state.replicated
-        self._step = jax.jit(step_fn, in_shardings=(rep, rep, state.frozen_shardings, state.batch_sharding),
+        self._step = jax.jit(step_fn, in_shardings=(rep, rep, state.frozen_shardings, state.batch_sharding, rep),
                              out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
         self.predictor = Predictor(state, objective)
 
@@ -95,11 +120,14 @@ class Trainer:
         return self.state.prompt
 
     def train_step(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """One optimizer step on a batch (this process's rows); returns on-device metric sums."""
+        """One optimizer step on a batch (this process's rows); returns on-device metric sums.
+
+        Its dropout masks depend on the seed, `self.step` (restored on resume) and each row's global index.
+        """
         self.state.check_batch(local_batch, self.accum_steps)
         batch = self.state.put_batch(local_batch)
         self.state.trainable, self.opt_state, metrics = self._step(self.state.trainable, self.opt_state,
-                                                                   self.state.frozen, batch)
+                                                                   self.state.frozen, batch, np.int32(self.step))
         self.step += 1
         return metrics
 

@@ -72,13 +72,14 @@ class Toy(nnx.Module):
         probs = jax.nn.softmax(q @ k.swapaxes(1, 2) / np.sqrt(x.shape[-1]) + bias, axis=-1)
         return x + probs @ v
 
-    def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None):
+    def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
+                    dropout_rng=None):  # no dropout: the training step's keys are accepted and ignored
         return self._hidden(inputs_embeds, attention_mask), attention_mask
 
     def logits(self, hidden):
         return jnp.einsum("...h,vh->...v", hidden, self.wte[...], preferred_element_type=jnp.float32)
 
-    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask):
+    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None):
         # Targets go after the padding: positions come from the mask, so that is the same as
         # right after the last real token. Target l is read at the position before it.
         (b, s, _), (rb, length) = inputs_embeds.shape, target_ids.shape

@@ -1,4 +1,9 @@
-"""Our GPT-2 against transformers' GPT2LMHeadModel on random checkpoints."""
+"""Our GPT-2 against transformers' GPT2LMHeadModel on random checkpoints.
+
+Our positions count real tokens only (cumsum(mask) - 1), as transformers' `generate` numbers left-padded rows;
+its plain forward numbers them 0..T-1. Under left padding the reference gets those positions explicitly; under
+right padding the two agree at every real token.
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,10 +14,15 @@ from helpers import assert_logits_close, padded_batch, tiny_model, torch_model
 import prompt_tuning_jax as ptj
 
 
-def torch_logits(model, ids, mask):
+def torch_logits(model, ids, mask, position_ids=None):
+    t = lambda a: None if a is None else torch.tensor(np.asarray(a), dtype=torch.long)
     with torch.no_grad():
-        return model(input_ids=torch.tensor(ids, dtype=torch.long),
-                     attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
+        return model(input_ids=t(ids), attention_mask=t(mask), position_ids=t(position_ids)).logits.numpy()
+
+
+def mask_positions(mask):
+    """What transformers' generate passes for a padded batch: cumsum(mask) - 1, clipped at 0."""
+    return np.maximum(np.cumsum(mask, axis=1) - 1, 0)
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -27,7 +37,18 @@ def test_logits_match_transformers(tmp_path, rng, side, overrides):
     ids, mask = padded_batch(rng, hf.config.vocab_size, [9, 5, 1], 9, side=side)
     ours = jax.jit(lambda i, m: model(i, attention_mask=m))(ids, mask)
     assert ours.shape == (3, 9, hf.config.vocab_size) and ours.dtype == jnp.float32
+    positions = mask_positions(mask) if side == "left" else None  # right padding: 0..T-1 is the same
+    assert_logits_close(ours, torch_logits(hf, ids, mask, positions), mask)
+
+
+def test_explicit_position_ids_are_used_as_given(tmp_path, rng):
+    """A caller may still number positions 0..T-1 under left padding (transformers' forward)."""
+    hf = torch_model("gpt2", tmp_path)
+    model = ptj.from_pretrained(tmp_path)
+    ids, mask = padded_batch(rng, 211, [9, 5, 1], 9, side="left")
+    ours = model(ids, mask, position_ids=np.arange(9)[None])
     assert_logits_close(ours, torch_logits(hf, ids, mask), mask)
+    assert np.abs(np.asarray(ours) - np.asarray(model(ids, mask)))[1:][mask[1:] > 0].max() > 1e-3  # it matters
 
 
 def test_no_mask_is_all_real(tmp_path, rng):

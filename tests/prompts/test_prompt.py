@@ -1,4 +1,6 @@
 """PromptX wrappers: placement, parity with PEFT and a PyTorch suffix reference, gradients, multi-task."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,10 +83,38 @@ def test_t5_prefix_matches_peft(tmp_path, rng):
     assert_logits_close(out.logits, theirs, dec_mask)
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT in train mode
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_prompt_gets_the_input_embedding_dropout_as_in_peft(tmp_path, rng, monkeypatch, family):
+    """PEFT in train mode feeds [prompt; embeddings] as inputs_embeds: every dropout site, the prompt included,
+    where ours are (each site replaced by x * (1 - rate) on both sides: helpers.scale_instead_of_dropout)."""
+    from helpers import scale_instead_of_dropout, train_mode
+
+    rates = dict(resid_pdrop=0.1, embd_pdrop=0.2, attn_pdrop=0.3) if family == "gpt2" else dict(dropout_rate=0.3)
+    hf = train_mode(torch_model(family, tmp_path, **rates))
+    hidden, vocab = hf.config.hidden_size, hf.config.vocab_size
+    prompt = rng.normal(size=(4, hidden)).astype(np.float32)
+    ids, mask = padded_batch(rng, vocab, [8, 3], 8, side="right")
+    dec, dec_mask = padded_batch(rng, vocab, [3, 2], 3)
+    extra = {} if family == "gpt2" else dict(decoder_input_ids=dec, decoder_attention_mask=dec_mask)
+    pm = peft_model(hf, "CAUSAL_LM" if family == "gpt2" else "SEQ_2_SEQ_LM", prompt).train()
+    scale_instead_of_dropout(monkeypatch)
+    with torch.no_grad():
+        theirs = pm(input_ids=t(ids), attention_mask=t(mask), **{k: t(v) for k, v in extra.items()}).logits.numpy()
+    prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path), 4, prompt, placement="prefix")
+    out = prompted(ids, mask, dropout_rng=jax.random.key(0), **extra)
+    assert_logits_close(out.logits, theirs, out.attention_mask if family == "gpt2" else dec_mask)
+
+
 # --- parity: suffix vs a PyTorch reference ----------------------------------------------
 
 def torch_suffix_reference(hf, ids, mask, prompt, head_w=None, head_b=None):
-    """Writes the prompt into inputs_embeds right after each example's last real token (a plain loop)."""
+    """Writes the prompt into inputs_embeds right after each example's last real token (a plain loop).
+
+    Positions count real tokens only (cumsum(mask) - 1, clipped at 0), as generate numbers left-padded rows
+    and as our GPT-2 always does; under right padding that is transformers' default 0..T-1 at real tokens.
+    """
     wte = hf.get_input_embeddings()
     p = prompt.shape[0]
     rows, masks, last = [], [], []
@@ -96,7 +126,10 @@ def torch_suffix_reference(hf, ids, mask, prompt, head_w=None, head_b=None):
             rows.append(torch.cat([e[:end], torch.tensor(prompt), e[end:]]))
             masks.append(np.concatenate([mask[i][:end], np.ones(p, np.int64), mask[i][end:]]))
             last.append(end + p - 1)
-        out = hf(inputs_embeds=torch.stack(rows), attention_mask=t(np.stack(masks)), output_hidden_states=True)
+        masks = np.stack(masks)
+        positions = np.maximum(np.cumsum(masks, axis=1) - 1, 0)
+        out = hf(inputs_embeds=torch.stack(rows), attention_mask=t(masks), position_ids=t(positions),
+                 output_hidden_states=True)
     idx = np.arange(ids.shape[0])
     next_logits = out.logits.numpy()[idx, last]
     hidden = out.hidden_states[-1].numpy()[idx, last]
@@ -122,6 +155,71 @@ def test_gpt2_suffix_matches_pytorch_reference(tmp_path, rng, side):
     assert_logits_close(prompted.model.logits(out.hidden), want_next)
     lm_only = ptj.with_prompt(prompted.model, 3, prompt, placement="suffix")
     assert_logits_close(lm_only(ids, mask).prediction, want_next)
+
+
+# --- padding never changes a prediction --------------------------------------------------
+
+def pad(ids, total, side, other=None):
+    """One example (a list of ids) alone [1, n], or padded to `total` on `side` next to a longer row `other`."""
+    if side == "alone":
+        return np.array([ids], np.int32), np.ones((1, len(ids)), np.int32)
+    rows, masks = [], []
+    for row in (ids, other):
+        padding = [0] * (total - len(row))
+        rows.append(padding + row if side == "left" else row + padding)
+        masks.append([0] * len(padding) + [1] * len(row) if side == "left" else [1] * len(row) + [0] * len(padding))
+    return np.array(rows, np.int32), np.array(masks, np.int32)
+
+
+PADDING_CASES = {
+    "gpt2 bare": ("gpt2", None),
+    "gpt2 prefix prompt": ("gpt2", "prefix"),
+    "gpt2 suffix prompt": ("gpt2", "suffix"),
+    "t5 prefix prompt": ("t5", "prefix"),
+}
+
+
+@pytest.mark.parametrize("case", list(PADDING_CASES))
+def test_a_prediction_does_not_depend_on_padding(rng, case):
+    """An example alone, left-padded and right-padded (next to a longer row): the same prediction to 1e-5."""
+    family, placement = PADDING_CASES[case]
+    model = (tiny_model("gpt2", initializer_range=0.3, **SMALL) if family == "gpt2"
+             else tiny_model("t5", untied=True))  # large enough logits that positions would show
+    vocab = model.config.vocab_size
+    example, other = rng.integers(1, vocab, 5).tolist(), rng.integers(1, vocab, 9).tolist()
+    prompt = rng.normal(size=(3, model.config.hidden_size)).astype(np.float32)
+    if placement is None:
+        logits = jax.jit(lambda ids, mask: model(ids, mask))
+        predict = lambda ids, mask: logits(ids, mask)[0, int(np.nonzero(mask[0])[0][-1])]  # next-token logits
+    else:
+        prompted = ptj.with_prompt(model, 3, prompt, placement=placement)
+        predict = nnx.jit(lambda m, ids, mask: m(ids, mask).prediction[0])
+        predict = functools.partial(predict, prompted)
+    alone = np.asarray(predict(*pad(example, 0, "alone")))
+    for side in ("left", "right"):
+        np.testing.assert_allclose(predict(*pad(example, 12, side, other)), alone, rtol=0, atol=1e-5, err_msg=side)
+    if family == "gpt2" and placement is None:  # numbering pads (transformers' forward) would change it
+        ids, mask = pad(example, 12, "left", other)
+        counted = model(ids, mask, position_ids=np.arange(12)[None])[0, -1]
+        assert np.abs(np.asarray(counted) - alone).max() > 1e-2
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_target_scores_do_not_depend_on_padding(rng, family):
+    """Rank classification (teacher-forced targets) of an example alone, left- and right-padded."""
+    from prompt_tuning_jax.heads import rank_classification
+
+    model = (tiny_model("gpt2", initializer_range=0.3, **SMALL) if family == "gpt2"
+             else tiny_model("t5", untied=True))
+    vocab = model.config.vocab_size
+    prompted = ptj.with_prompt(model, 3, rng.normal(size=(3, model.config.hidden_size)).astype(np.float32),
+                               placement="suffix" if family == "gpt2" else "prefix")
+    example, other = rng.integers(1, vocab, 5).tolist(), rng.integers(1, vocab, 9).tolist()
+    labels, label_mask = rng.integers(1, vocab, (3, 2)), np.array([[1, 1], [1, 0], [1, 1]])
+    score = lambda ids, mask: np.asarray(rank_classification(prompted, ids, mask, labels, label_mask))[0]
+    alone = score(*pad(example, 0, "alone"))
+    for side in ("left", "right"):
+        np.testing.assert_allclose(score(*pad(example, 12, side, other)), alone, rtol=0, atol=1e-5, err_msg=side)
 
 
 # --- the wrapper ------------------------------------------------------------------------
