@@ -123,7 +123,9 @@ def global_rows(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def host_value(x: jax.Array) -> np.ndarray:
-    """A replicated array as numpy, on every process, multi-host included."""
+    """A replicated array as numpy, on every process, multi-host included (numpy passes through)."""
+    if not isinstance(x, jax.Array):
+        return np.asarray(x)
     return np.asarray(x.addressable_data(0)) if x.is_fully_replicated else np.asarray(jax.device_get(x))
 
 

@@ -9,13 +9,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "prompt_tuning_jax"
 
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = {
-    "variables": 0, "files": 0, "partitioning": 0, "tokenizer": 0,
+    "variables": 0, "files": 0, "partitioning": 0, "tokenizer": 0, "pretrained_prompts": 0,
     "models": 1, "data": 1,
     "prompts": 2, "heads": 2,
     "decoding": 3,
     "training": 4,
     "experiments": 5,
-    "cli": 6, "info": 6,
+    "cli": 6, "info": 6, "find_module": 6, "extract_variable": 6,
     "train": 7, "eval": 7, "infer": 7,
 }
 MAX_FUNCTION_LINES = 60
@@ -50,7 +50,7 @@ def layer(module: str) -> int | None:
 
 def test_every_module_has_a_layer():
     unplaced = [m for m in modules() if "." in m and layer(m) is None
-                and m.split(".")[1] not in ("configs", "pretrained_prompts")]
+                and m.split(".")[1] != "configs"]
     assert not unplaced, f"add these to LAYERS: {unplaced}"
 
 

@@ -63,10 +63,11 @@ def test_released_sst2_prompt_with_rank_classification_on_t5(tmp_path):
     proc = cli("eval", "--gin_file=models/t5_1_1_lm100k_base.gin", "--gin_file=prompts/from_class_labels.gin",
                "--gin_file=runs/prompt_eval.gin", f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'",
                f"--gin.CHECKPOINT_PATH='{prompt}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
-               "--gin.MIXTURE_OR_TASK_NAME='sst2'", "--gin.BATCH_SIZE=64")
+               "--gin.MIXTURE_OR_TASK_NAME='sst2'", "--gin.BATCH_SIZE=64", "--gin.EVAL_SCORING='rank'")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["examples"] == 872 and 0 <= metrics["accuracy"] <= 100
-    assert "accuracy" in proc.stdout
+    assert metrics["examples"] == 872 and 0 <= metrics["rank_accuracy"] <= 100
+    assert metrics["scoring"] == "rank" and metrics["invalid"] == 0
+    assert "rank_accuracy" in proc.stdout
 
 
 @pytest.mark.parametrize("task,extra", [

@@ -18,15 +18,12 @@ import os
 from typing import Sequence
 
 import jax
-import numpy as np
 
-from prompt_tuning_jax import partitioning
 from prompt_tuning_jax.data import EvalIterator, pipeline
 from prompt_tuning_jax.decoding import DecodeSpec
-from prompt_tuning_jax.experiments import loading
+from prompt_tuning_jax.experiments import loading, scoring
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec
 from prompt_tuning_jax.files import atomic_write
-from prompt_tuning_jax.training.predict import Generator
 
 
 def infer(model: ModelSpec, prompt: PromptSpec, data: DataSpec, checkpoint_path: str | None, output_dir: str,
@@ -51,19 +48,9 @@ def infer(model: ModelSpec, prompt: PromptSpec, data: DataSpec, checkpoint_path:
     task = tasks[0] if tasks else None
     loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape), checkpoint_path)
     tok = _inputs(task, inputs_file, loaded, data)
-    eos_id = loaded.tokenizer.eos_token_id
-    eos_id = eos_id if eos_id is not None else loaded.model.config.eos_token_id
-    max_new = decoding.max_new_tokens
-    if max_new is None:
-        max_new = _default_max_new_tokens(task, loaded, data)
-    generator = Generator(loaded.state, lambda m, ids, mask, task_index: decoding.generate(
-        m, ids, mask, eos_id, task_index=task_index, max_new_tokens=max_new))
-    batches = list(EvalIterator(tok, data.batch_size, padding_side=model.padding_side))
-    tokens = np.concatenate([partitioning.host_value(generator.generate(b)) for b in batches])
-    keep = partitioning.gather_batches([b["weight"] for b in batches]) > 0
-    index = partitioning.gather_batches([b["example_index"] for b in batches])[keep]
-    tokens = tokens[keep][np.argsort(index, kind="stable")]
-    texts = [loaded.tokenizer.decode(_until_eos(row, eos_id), skip_special_tokens=True) for row in tokens.tolist()]
+    generator = scoring.make_generator(loaded, decoding, scoring.default_max_new_tokens(task, loaded, data))
+    texts = scoring.generate_texts(generator, EvalIterator(tok, data.batch_size, padding_side=model.padding_side),
+                                   loaded)
     return _write(output_dir, task, data.eval_split, tok.examples, texts)
 
 
@@ -76,16 +63,6 @@ def _inputs(task, inputs_file: str | None, loaded, data: DataSpec) -> pipeline.T
     return pipeline.tokenize(examples, loaded.tokenizer, max_input_length=data.feature_lengths["inputs"],
                              max_target_length=data.feature_lengths["targets"],
                              target_prefix=loaded.model.target_prefix, name=inputs_file)
-
-
-def _default_max_new_tokens(task, loaded, data: DataSpec) -> int:
-    if task is not None and task.kind == "classification":
-        return int(loading.label_ids(task, loaded, data)[1].sum(-1).max())
-    return data.feature_lengths["targets"]
-
-
-def _until_eos(ids: list[int], eos_id: int) -> list[int]:
-    return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
 def _write(output_dir: str, task, split: str, examples: list[dict], texts: list[str]) -> dict:

@@ -11,11 +11,14 @@ transformation (`training.optim.make_optimizer` gives the paper's Adafactor).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
-INIT_KINDS = ("random_uniform", "sampled_vocab", "class_labels", "string", "file")
+INIT_KINDS = ("random_uniform", "sampled_vocab", "class_labels", "string", "file", "sampled_vocab_numpy",
+              "class_labels_numpy")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -34,6 +37,8 @@ class ModelSpec:
 
     dtype: compute dtype; param_dtype: storage of the frozen weights; tokenizer:
     defaults to the checkpoint's; padding_side: where pads go in batches.
+    dropout_rate: DROPOUT_RATE, replaces all of the checkpoint's dropout rates in
+    training steps (None: config.json's rates; 0.0: no dropout).
     """
 
     path: str
@@ -42,12 +47,13 @@ class ModelSpec:
     param_dtype: str = "float32"
     remat: bool = False
     padding_side: str = "right"
+    dropout_rate: float | None = None
 
     def load(self, mesh=None):
         from prompt_tuning_jax.models import from_pretrained
 
         return from_pretrained(self.path, dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype),
-                               mesh=mesh, remat=self.remat)
+                               mesh=mesh, remat=self.remat, dropout_rate=self.dropout_rate)
 
     def load_tokenizer(self):
         from prompt_tuning_jax.tokenizer import load_tokenizer
@@ -61,7 +67,9 @@ class PromptSpec:
 
     init: random_uniform (in [0, scale)) | sampled_vocab (first `population_size`
     rows) | class_labels (`class_labels`, then sampled vocab) | string (`text`,
-    then sampled vocab) | file (`file`, a [P, H] .npy).
+    then sampled vocab) | file (`file`, a [P, H] .npy) | sampled_vocab_numpy and
+    class_labels_numpy (the same, from the [V, H] table in `embedding_file`, e.g.
+    one written by `python -m prompt_tuning_jax.extract_variable`).
     head: None (LM head: rank classification / generation) or "linear" (`num_labels`).
     """
 
@@ -73,6 +81,7 @@ class PromptSpec:
     class_labels: Sequence[str] | None = None
     text: str | None = None
     file: str | None = None
+    embedding_file: str | None = None
     head: str | None = None
     num_labels: int | None = None
     regression: bool = False
@@ -83,13 +92,13 @@ class PromptSpec:
     def initializer(self, model, tokenizer):
         from prompt_tuning_jax.prompts import initializers as inits
 
-        table = model.embedding_table
+        table = self._embedding_table(model)
         sampled = inits.from_sample_of_embeddings(table, population_size=min(self.population_size, table.shape[0]))
         if self.init == "random_uniform":
             return inits.random_uniform(self.scale)
-        if self.init == "sampled_vocab":
+        if self.init in ("sampled_vocab", "sampled_vocab_numpy"):
             return sampled
-        if self.init == "class_labels":
+        if self.init in ("class_labels", "class_labels_numpy"):
             if not self.class_labels:
                 raise ValueError("init='class_labels' needs CLASS_LABELS (the verbalizers, e.g. ['negative', "
                                  "'positive']); or use the task's label names")
@@ -104,6 +113,21 @@ class PromptSpec:
             return inits.from_npy(self.file)
         raise ValueError(f"unknown prompt init {self.init!r}; use one of {INIT_KINDS}")
 
+    def _embedding_table(self, model):
+        """The model's own table, or for the *_numpy inits the [V, H] one in EMBEDDING_FILE."""
+        if not self.init.endswith("_numpy"):
+            return model.embedding_table
+        if not self.embedding_file:
+            raise ValueError(f"init={self.init!r} needs EMBEDDING_FILE (a [V, H] .npy of embeddings)")
+        if not os.path.isfile(self.embedding_file):
+            raise FileNotFoundError(f"EMBEDDING_FILE {self.embedding_file} does not exist")
+        table = np.load(self.embedding_file, allow_pickle=False)
+        hidden = model.embedding_table.shape[1]
+        if table.ndim != 2 or table.shape[1] != hidden:
+            raise ValueError(f"EMBEDDING_FILE {self.embedding_file} holds shape {table.shape}; this model needs "
+                             f"[V, {hidden}] embeddings")
+        return jnp.asarray(table, jnp.float32)
+
     def build(self, model, tokenizer):
         from prompt_tuning_jax.prompts import with_prompt
 
@@ -117,7 +141,7 @@ class PromptSpec:
         if spec.head == "linear" and spec.num_labels is None:
             regression = task.kind == "regression"
             spec = dataclasses.replace(spec, num_labels=1 if regression else task.num_classes, regression=regression)
-        if spec.init == "class_labels" and not spec.class_labels and task.label_names:
+        if spec.init in ("class_labels", "class_labels_numpy") and not spec.class_labels and task.label_names:
             spec = dataclasses.replace(spec, class_labels=list(task.label_names))
         return spec
 
@@ -172,7 +196,8 @@ class TrainSpec:
     Every `eval_every` steps (and at step 0 and at the end) the eval split is
     scored; every `checkpoint_every` steps (and at the end, and on SIGTERM) a
     checkpoint is saved, keeping the newest `keep`. `accum_steps` micro-batches
-    make one step's batch.
+    make one step's batch. eval_scoring: 'generate' (greedy text must equal a
+    label string, the paper's protocol) or 'rank' (see `experiments.scoring`).
     """
 
     steps: int = 1000
@@ -182,3 +207,4 @@ class TrainSpec:
     log_every: int = 10
     accum_steps: int = 1
     progress: bool = True
+    eval_scoring: str = "generate"

@@ -15,8 +15,9 @@ from typing import Sequence
 
 import jax
 
-from prompt_tuning_jax.data import EvalIterator, TrainIterator
+from prompt_tuning_jax.data import TrainIterator
 from prompt_tuning_jax.experiments import loading
+from prompt_tuning_jax.experiments.scoring import TaskScorer
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec, TrainSpec
 from prompt_tuning_jax.training import optim
 from prompt_tuning_jax.training.hooks import standard_hooks
@@ -35,10 +36,10 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
     loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape))
     tx = optimizer if optimizer is not None else optim.make_optimizer(total_steps=schedule.steps)
     trainer = Trainer(loaded.state, tx, objective=loading.objective(loaded.prompt, tasks[0]),
-                      accum_steps=schedule.accum_steps)
+                      accum_steps=schedule.accum_steps, seed=data.seed)  # SEED: data order and dropout masks
     if jax.process_index() == 0:
         os.makedirs(model_dir, exist_ok=True)
-    hooks = standard_hooks(model_dir, evaluate=_evaluator(tasks, loaded, data, trainer.objective, model.padding_side),
+    hooks = standard_hooks(model_dir, evaluate=_evaluator(tasks, loaded, data, schedule, model.padding_side),
                            eval_every=schedule.eval_every, checkpoint_every=schedule.checkpoint_every,
                            keep=schedule.keep, log_every=schedule.log_every, progress=schedule.progress)
     summary = fit(trainer, _train_batches(tasks, loaded, data, model.padding_side), schedule.steps, hooks.hooks,
@@ -54,26 +55,24 @@ def _train_batches(tasks, loaded, data: DataSpec, padding_side: str) -> TrainIte
                          seed=data.seed, padding_side=padding_side)
 
 
-def _evaluator(tasks, loaded, data: DataSpec, objective: str, padding_side: str):
+def _evaluator(tasks, loaded, data: DataSpec, schedule: TrainSpec, padding_side: str):
     """evaluate(trainer) -> metrics on the eval split of every task of the mixture (None: nothing to evaluate).
 
-    Classification without a head is rank classification over the task's label strings.
-    With several tasks, metric names get the task's name: 'rte/accuracy'.
+    Scored as `schedule.eval_scoring` says (see `experiments.scoring`). With several
+    tasks, metric names get the task's name: 'rte/accuracy'.
     """
-    evaluators = []  # (task, batches, label ids, label mask)
+    scorers = []
     for k, task in enumerate(tasks):
-        if not data.eval_split or task.kind == "generation":
+        if not data.eval_split or (task.kind == "generation" and schedule.eval_scoring != "generate"):
             continue
-        labels = (loading.label_ids(task, loaded, data) if objective == "lm" and task.kind == "classification"
-                  else (None, None))
         tok = loading.tokenize_split(task, data.eval_split, loaded, data, limit=data.eval_limit)
-        batches = EvalIterator(tok, data.eval_batch_size or data.batch_size, task_index=k, padding_side=padding_side)
-        evaluators.append((task, batches, *labels))
-    if not evaluators:
+        scorers.append((task, TaskScorer(loaded, task, tok, data, scoring=schedule.eval_scoring,
+                                         padding_side=padding_side, task_index=k)))
+    if not scorers:
         return None
 
     def evaluate(trainer) -> dict[str, float]:
-        results = [(t, trainer.predictor.evaluate(b, t, ids, mask)) for t, b, ids, mask in evaluators]
+        results = [(task, scorer()[0]) for task, scorer in scorers]
         if len(results) == 1:
             return results[0][1]
         return {f"{t.name}/{k}": v for t, metrics in results for k, v in metrics.items()}

@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 
+from prompt_tuning_jax import pretrained_prompts
 from prompt_tuning_jax.files import atomic_write
 
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -74,10 +75,12 @@ def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dt
     both shapes (and the hidden size the prompt was trained for).
     dtype: cast to this dtype; by default the file's dtype is kept (the small
     released test prompt is float64).
+    A prompt released with the package is checked against its sha256 first.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"prompt file {path} does not exist")
+    pretrained_prompts.verify(path)
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:

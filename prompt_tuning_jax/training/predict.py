@@ -48,14 +48,8 @@ class Predictor:
         """
         return partitioning.host_value(self._dispatch(local_batch, label_ids, label_mask))
 
-    def evaluate(self, batches, task, label_ids=None, label_mask=None) -> dict[str, float]:
-        """Runs the task's metrics over an eval iterator (weight-0 padding rows dropped).
-
-        Without a head, classification is rank classification over `label_ids` / `label_mask` [C, L].
-        """
-        examples = batches.tokenized.examples
-        if examples is None:
-            raise ValueError("the eval iterator's Tokenized has no examples to take targets from")
+    def predict_all(self, batches, label_ids=None, label_mask=None) -> np.ndarray:
+        """Predictions for every example of an eval iterator, in example order (padding rows dropped): [N]."""
         preds, weights, indices = [], [], []
         for local in batches:
             preds.append(self._dispatch(local, label_ids, label_mask))
@@ -64,10 +58,19 @@ class Predictor:
         preds = np.concatenate([partitioning.host_value(p) for p in preds])  # [nb * B_global], batch-major
         keep = partitioning.gather_batches(weights) > 0
         preds, index = preds[keep], partitioning.gather_batches(indices)[keep]
-        order = np.argsort(index, kind="stable")
-        targets = task.metric_targets([examples[i] for i in index[order]])
-        preds = [float(p) if task.kind == "regression" else int(p) for p in preds[order]]
-        return task.compute_metrics(targets, preds)
+        return preds[np.argsort(index, kind="stable")]
+
+    def evaluate(self, batches, task, label_ids=None, label_mask=None) -> dict[str, float]:
+        """Runs the task's metrics over an eval iterator.
+
+        Without a head, classification is rank classification over `label_ids` / `label_mask` [C, L].
+        """
+        examples = batches.tokenized.examples
+        if examples is None:
+            raise ValueError("the eval iterator's Tokenized has no examples to take targets from")
+        preds = self.predict_all(batches, label_ids, label_mask)
+        preds = [float(p) if task.kind == "regression" else int(p) for p in preds]
+        return task.compute_metrics(task.metric_targets(examples), preds)
 
 
 class Generator:
