@@ -31,6 +31,8 @@ def test_the_wheel_ships_every_config(wheel):
                    for p in (REPO / "prompt_tuning_jax" / "configs").rglob("*.gin")}
     assert shipped == in_checkout and "runs/demo.gin" in shipped and "models/sizes/xxl.gin" in shipped
     assert "prompt_tuning_jax/pretrained_prompts/README.md" in names
+    for task in ("sst2", "rte", "mrpc"):
+        assert {f"prompt_tuning_jax/pretrained_prompts/t5_1_1_lm100k_base/{task}.{ext}" for ext in ("npy", "gin")} <= names
 
 
 @pytest.mark.slow
@@ -52,3 +54,17 @@ def test_the_demo_command_runs_from_an_installed_wheel(wheel, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained 20 steps" in proc.stdout
     assert np.load(work / "runs" / "demo" / "prompts" / "prompt_latest.npy").shape == (8, 64)
+    # The released prompts' gin files and prompts are found in the installed package too.
+    code = ("import gin\n"
+            "from prompt_tuning_jax import cli\n"
+            "@gin.configurable\n"
+            "def capture(x=None):\n"
+            "    return x\n"
+            "cli.parse_gin(['pretrained_prompts/t5_1_1_lm100k_base/sst2.gin'], [\"EVAL_OUTPUT_DIR='e'\"])\n"
+            "gin.parse_config('capture.x = %CHECKPOINT_PATH')\n"
+            "print(capture())\n")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=work, env=env,
+                           timeout=300)
+    assert found.returncode == 0, found.stderr[-3000:]
+    assert found.stdout.strip() == str(site / "prompt_tuning_jax" / "pretrained_prompts" / "t5_1_1_lm100k_base"
+                                       / "sst2.npy")
