@@ -34,6 +34,7 @@ def test_gpt2_dropout_sites_match_transformers(tmp_path, rng, monkeypatch):
     assert np.abs(plain - np.asarray(got))[mask > 0].max() > 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("untied", [False, True])
 def test_t5_dropout_sites_match_transformers(tmp_path, rng, monkeypatch, untied):
     """Embeddings, attention weights (self and cross), inside the MLP, each sublayer output, after each final norm."""
@@ -83,6 +84,7 @@ def draws_random_numbers(fn, *args) -> bool:
     return "random_bits" in text or "threefry" in text
 
 
+@pytest.mark.slow
 def test_rate_zero_draws_nothing_and_changes_nothing(rng):
     """dropout_rate=0 (DROPOUT_RATE=0): bit for bit the model without dropout, and no random numbers in the graph."""
     ids, mask = padded_batch(rng, 199, [7, 3], 7)  # within both tiny vocabularies

@@ -204,6 +204,7 @@ def test_a_prediction_does_not_depend_on_padding(rng, case):
         assert np.abs(np.asarray(counted) - alone).max() > 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "t5"])
 def test_target_scores_do_not_depend_on_padding(rng, family):
     """Rank classification (teacher-forced targets) of an example alone, left- and right-padded."""

@@ -106,6 +106,7 @@ def test_sharded_step_equals_single_device(rng):
     np.testing.assert_allclose(prompts[0], prompts[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_trainable_state(rng):
     prompted = ptj.with_prompt(tiny_model("gpt2", dtype=jnp.bfloat16, **GPT2), 3, None, placement="suffix",
                                head="linear", num_labels=2)
