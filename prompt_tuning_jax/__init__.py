@@ -1,4 +1,8 @@
 """prompt_tuning_jax: soft-prompt tuning (Lester et al., 2021) for GPT-2 and T5 in JAX / Flax NNX."""
+from prompt_tuning_jax import files as _files
+
+_files.use_storage_emulator()  # before gcsfs or tensorstore read their settings
+
 from prompt_tuning_jax.models import (GPT2, T5, CheckpointError, GPT2Config, T5Config, from_pretrained,
                                       init_random, save_pretrained)
 from prompt_tuning_jax.prompts import PromptedModel, with_prompt

@@ -1,17 +1,31 @@
-"""Writing files so that a crash never leaves half of one: the project's one atomic-write helper.
+"""The project's one path layer: local paths and buckets (`gs://...`) through the same calls.
 
     atomic_write("runs/x/metrics.json", json.dumps(metrics))       # str or bytes
     atomic_write("prompt.npy", lambda f: np.save(f, array))        # or a function writing to a binary file
+    read_text("gs://bucket/run/best.json"); exists(path); is_dir(path); makedirs(path)
+    local_folder("gs://bucket/models/gpt2")                        # a local copy, for readers that need one
 
-Paths go through `etils.epath` (which orbax already brings), so the same call
-takes a local path or a bucket (`gs://...`). Locally the content goes to a
+Paths go through `etils.epath` (which orbax already brings); gs:// goes through
+gcsfs (`pip install "prompt_tuning_jax[gcs]"`, part of the `tpu` extra).
+Checkpoints go through orbax and tensorstore, which reach the same buckets.
+
+`atomic_write` never leaves half a file. Locally the content goes to a
 temporary file beside the target, is flushed to disk and renamed over it:
-readers see the old file or the new one. Object stores commit an upload only
-when it completes, which gives the same guarantee without a rename.
+readers see the old file or the new one. An object store commits an upload
+only when it completes, which gives the same guarantee without a rename, so
+a bucket object is always written whole, in one upload.
+
+An emulator: `STORAGE_EMULATOR_HOST=http://127.0.0.1:4443` is all it takes.
+`use_storage_emulator()` (run when the package is imported) gives the
+libraries that read their own variables what they need: tensorstore's
+`TENSORSTORE_GCS_HTTP_URL` and a dummy token (an emulator checks none), and
+gcsfs without its hierarchical-namespace probe (an emulator has no control plane).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
 import tempfile
 from typing import BinaryIO, Callable, Union
@@ -19,6 +33,19 @@ from typing import BinaryIO, Callable, Union
 from etils import epath
 
 Content = Union[bytes, str, Callable[[BinaryIO], None]]
+EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
+CACHE_DIR = os.path.join(os.path.expanduser(os.environ.get("PTJ_CACHE", "~/.cache/prompt_tuning_jax")), "buckets")
+
+
+def use_storage_emulator(environ=os.environ) -> None:
+    """With STORAGE_EMULATOR_HOST set, points tensorstore and gcsfs at the emulator too (user settings win)."""
+    url = environ.get(EMULATOR_VARIABLE)
+    if not url:
+        return
+    url = url if "://" in url else f"http://{url}"
+    environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
+    environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # tensorstore: no credential lookup
+    environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # gcsfs: no storage-control probe
 
 
 def is_local(path: str | os.PathLike) -> bool:
@@ -26,18 +53,66 @@ def is_local(path: str | os.PathLike) -> bool:
     return "://" not in os.fspath(path)
 
 
+def absolute(path: str | os.PathLike) -> str:
+    """An absolute local path (with ~ expanded), or the URL as given."""
+    path = os.fspath(path)
+    return os.path.abspath(os.path.expanduser(path)) if is_local(path) else os.fspath(Path(path))
+
+
+def Path(path: str | os.PathLike) -> epath.Path:  # noqa: N802 - a constructor, like pathlib.Path
+    """An `epath.Path` for a local path or a URL; a clear error when gs:// support is not installed."""
+    path = os.fspath(path)
+    if path.startswith("gs://"):
+        _require_gcs(path)
+    return epath.Path(os.path.expanduser(path) if is_local(path) else path)
+
+
+def exists(path) -> bool:
+    return Path(path).exists()
+
+
+def is_dir(path) -> bool:
+    return Path(path).is_dir()
+
+
+def is_file(path) -> bool:
+    p = Path(path)
+    return p.exists() and not p.is_dir()
+
+
+def makedirs(path) -> None:
+    """Creates the folder and its parents; a clear error when `path` is an existing file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise FileExistsError(f"{os.fspath(path)} is a file, not a folder")
+    p.mkdir(parents=True, exist_ok=True)
+
+
+def read_bytes(path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def read_text(path) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def listdir(path) -> list[str]:
+    return sorted(p.name for p in Path(path).iterdir())
+
+
 def atomic_write(path: str | os.PathLike, content: Content) -> None:
     """Writes `content` to `path` (missing folders are created) all at once or not at all.
 
     On any error the temporary file is removed and an existing `path` is left untouched.
     """
-    target = epath.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = Path(path)
     write = content if callable(content) else _writer(content)
     if not is_local(path):
-        with target.open("wb") as f:
-            write(f)
+        buffer = io.BytesIO()
+        write(buffer)  # one upload of the whole object, after the content is complete
+        target.write_bytes(buffer.getvalue())
         return
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=os.fspath(target.parent))
     try:
         with os.fdopen(fd, "wb") as f:
@@ -49,6 +124,39 @@ def atomic_write(path: str | os.PathLike, content: Content) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def local_folder(path: str | os.PathLike, patterns: tuple[str, ...] = ("*",)) -> str:
+    """`path` itself when local; a bucket folder is copied (its files matching `patterns`) to a local cache.
+
+    For readers that only take local files (transformers' tokenizers, memory-mapped safetensors).
+    A file is copied again when its size differs from the cached copy.
+    """
+    path = os.fspath(path)
+    if is_local(path):
+        return os.path.expanduser(path)
+    source = Path(path)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder in the bucket")
+    key = hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:16]
+    local = os.path.join(CACHE_DIR, f"{source.name}-{key}")
+    os.makedirs(local, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_dir() or not any(item.match(p) for p in patterns):
+            continue
+        copy = os.path.join(local, item.name)
+        if not (os.path.exists(copy) and os.path.getsize(copy) == item.stat().length):
+            atomic_write(copy, item.read_bytes())
+    return local
+
+
+def _require_gcs(path: str) -> None:
+    use_storage_emulator()  # STORAGE_EMULATOR_HOST may have been set after the package was imported
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{path}: gs:// paths need gcsfs; install it with pip install "
+                          "'prompt_tuning_jax[gcs]' (the tpu extra includes it)") from None
 
 
 def _writer(content: bytes | str) -> Callable[[BinaryIO], None]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from prompt_tuning_jax import files
+
 
 def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "right"):
     """`AutoTokenizer.from_pretrained` (local folder or hub id); GPT-2 gets its EOS as pad token.
@@ -12,6 +14,10 @@ def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "right")
     from transformers import AutoTokenizer
 
     name = os.fspath(name_or_path)
+    if not files.is_local(name):  # a bucket folder: its tokenizer files, copied to a local cache
+        if not files.is_dir(name):
+            raise FileNotFoundError(f"tokenizer folder {name} does not exist")
+        name = files.local_folder(name, ("*.json", "*.model", "*.txt"))
     path = os.path.expanduser(name)
     if (name.startswith((".", "/", "~")) or name.count("/") > 1) and not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer folder {name} does not exist")

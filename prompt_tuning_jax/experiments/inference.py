@@ -23,6 +23,7 @@ from prompt_tuning_jax.data import EvalIterator, pipeline
 from prompt_tuning_jax.decoding import DecodeSpec
 from prompt_tuning_jax.experiments import loading, scoring
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec
+from prompt_tuning_jax import files
 from prompt_tuning_jax.files import atomic_write
 
 
@@ -57,8 +58,7 @@ def infer(model: ModelSpec, prompt: PromptSpec, data: DataSpec, checkpoint_path:
 def _inputs(task, inputs_file: str | None, loaded, data: DataSpec) -> pipeline.Tokenized:
     if task is not None:
         return loading.tokenize_split(task, data.eval_split, loaded, data, limit=data.eval_limit)
-    with open(inputs_file, encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()][:data.eval_limit]
+    lines = [line for line in files.read_text(inputs_file).splitlines() if line.strip()][:data.eval_limit]
     examples = [{"inputs": line, "targets": "", "label": -1} for line in lines]
     return pipeline.tokenize(examples, loaded.tokenizer, max_input_length=data.feature_lengths["inputs"],
                              max_target_length=data.feature_lengths["targets"],

@@ -11,11 +11,13 @@ transformation (`training.optim.make_optimizer` gives the paper's Adafactor).
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+
+from prompt_tuning_jax import files
 
 INIT_KINDS = ("random_uniform", "sampled_vocab", "class_labels", "string", "file", "sampled_vocab_numpy",
               "class_labels_numpy")
@@ -119,9 +121,9 @@ class PromptSpec:
             return model.embedding_table
         if not self.embedding_file:
             raise ValueError(f"init={self.init!r} needs EMBEDDING_FILE (a [V, H] .npy of embeddings)")
-        if not os.path.isfile(self.embedding_file):
+        if not files.is_file(self.embedding_file):
             raise FileNotFoundError(f"EMBEDDING_FILE {self.embedding_file} does not exist")
-        table = np.load(self.embedding_file, allow_pickle=False)
+        table = np.load(io.BytesIO(files.read_bytes(self.embedding_file)), allow_pickle=False)
         hidden = model.embedding_table.shape[1]
         if table.ndim != 2 or table.shape[1] != hidden:
             raise ValueError(f"EMBEDDING_FILE {self.embedding_file} holds shape {table.shape}; this model needs "

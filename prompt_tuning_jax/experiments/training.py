@@ -15,6 +15,7 @@ from typing import Sequence
 
 import jax
 
+from prompt_tuning_jax import files
 from prompt_tuning_jax.data import TrainIterator
 from prompt_tuning_jax.experiments import loading
 from prompt_tuning_jax.experiments.scoring import TaskScorer
@@ -38,7 +39,7 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
     trainer = Trainer(loaded.state, tx, objective=loading.objective(loaded.prompt, tasks[0]),
                       accum_steps=schedule.accum_steps, seed=data.seed)  # SEED: data order and dropout masks
     if jax.process_index() == 0:
-        os.makedirs(model_dir, exist_ok=True)
+        files.makedirs(model_dir)
     hooks = standard_hooks(model_dir, evaluate=_evaluator(tasks, loaded, data, schedule, model.padding_side),
                            eval_every=schedule.eval_every, checkpoint_every=schedule.checkpoint_every,
                            keep=schedule.keep, log_every=schedule.log_every, progress=schedule.progress)

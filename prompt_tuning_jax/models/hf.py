@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from prompt_tuning_jax import partitioning
+from prompt_tuning_jax import files
 from prompt_tuning_jax.files import atomic_write
 from prompt_tuning_jax.models import base
 
@@ -47,9 +48,16 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
+META_FILES = ("*.json", "*.model", "*.txt")  # config, generation config, tokenizer
+
+
 def resolve_folder(name_or_path: str | os.PathLike) -> str:
-    """A local folder, or a hub id downloaded to the local cache; clear error otherwise."""
+    """A local folder; a bucket folder (gs://) or a hub id, copied to a local cache; clear error otherwise."""
     name = os.fspath(name_or_path)
+    if not files.is_local(name):
+        if not files.is_dir(name):
+            raise CheckpointError(f"checkpoint folder {name} does not exist")
+        return files.local_folder(name, _one_weight_format(files.listdir(name)))
     path = os.path.expanduser(name)
     if os.path.isdir(path):
         return path
@@ -60,14 +68,18 @@ def resolve_folder(name_or_path: str | os.PathLike) -> str:
     try:
         from huggingface_hub import list_repo_files, snapshot_download
 
-        files = list_repo_files(name)  # fetch one weight format: safetensors when there are any
-        weights = [f for f in files if f.endswith(".safetensors")] or [f for f in files if f.endswith(".bin")]
-        return snapshot_download(name, allow_patterns=["*.json", "*.model", "*.txt", *weights])
+        return snapshot_download(name, allow_patterns=_one_weight_format(list_repo_files(name)))
     except Exception as e:  # offline, unknown id, gated repo...
         raise CheckpointError(
             f"{name!r} is not a local folder and could not be fetched from the Hugging Face hub "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); pass a local checkpoint folder"
         ) from None
+
+
+def _one_weight_format(names: list[str]) -> tuple[str, ...]:
+    """The files to fetch: configs, tokenizer files and one weight format (safetensors when there are any)."""
+    weights = [n for n in names if n.endswith(".safetensors")] or [n for n in names if n.endswith(".bin")]
+    return (*META_FILES, *weights)
 
 
 def read_config(folder: str) -> dict[str, Any]:

@@ -36,21 +36,20 @@ def released_prompt(name: str) -> str:
 
 def expected_sha256(path: str | os.PathLike) -> str | None:
     """The checksum a file must have if it is one of the released prompts of this package, else None."""
+    if "://" in os.fspath(path):  # a bucket: not a file of this package
+        return None
     real = os.path.realpath(os.fspath(path))
     if os.path.commonpath([real, FOLDER]) != FOLDER:
         return None
     return RELEASED.get(os.path.relpath(real, FOLDER).replace(os.sep, "/"))
 
 
-def verify(path: str | os.PathLike) -> None:
-    """Raises ValueError if `path` is a released prompt whose bytes are not the released ones."""
+def verify(path: str | os.PathLike, data: bytes) -> None:
+    """Raises ValueError if `path` is a released prompt and `data`, its bytes, are not the released ones."""
     expected = expected_sha256(path)
     if expected is None:
         return
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    digest = hashlib.sha256(data)
     if digest.hexdigest() != expected:
         raise ValueError(f"released prompt {path} is damaged: sha256 {digest.hexdigest()}, expected {expected}; "
                          "reinstall prompt_tuning_jax (or restore the file from google-research/prompt-tuning)")

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import io
 import json
 import os
 import warnings
 
 import numpy as np
 
-from prompt_tuning_jax import pretrained_prompts
+from prompt_tuning_jax import files, pretrained_prompts
 from prompt_tuning_jax.files import atomic_write
 
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -78,11 +79,12 @@ def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dt
     A prompt released with the package is checked against its sha256 first.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not files.is_file(path):
         raise FileNotFoundError(f"prompt file {path} does not exist")
-    pretrained_prompts.verify(path)
+    data = files.read_bytes(path)  # one read, local or gs://
+    pretrained_prompts.verify(path, data)
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError) as e:
         raise ValueError(f"prompt file {path} is not a readable .npy array: {e}") from None
     if not isinstance(array, np.ndarray):  # an .npz archive
@@ -104,9 +106,8 @@ def _model_dims(model_config) -> dict[str, int | None]:
         return {}
     if isinstance(model_config, (str, os.PathLike)):
         path = os.fspath(model_config)
-        path = os.path.join(path, "config.json") if os.path.isdir(path) else path
-        with open(path, encoding="utf-8") as f:
-            model_config = json.load(f)
+        path = os.path.join(path, "config.json") if files.is_dir(path) else path
+        model_config = json.loads(files.read_text(path))
     get = model_config.get if isinstance(model_config, dict) else lambda k: getattr(model_config, k, None)
 
     def first(*keys):
@@ -204,13 +205,13 @@ def _write_peft(folder: str, config: dict, tensors: dict[str, np.ndarray]) -> st
 def _read_peft_tensors(folder: str) -> dict[str, np.ndarray]:
     """The adapter's tensors as NumPy (bfloat16 via ml_dtypes), from safetensors or, with torch, a `.bin`."""
     path = os.path.join(folder, PEFT_WEIGHTS_NAME)
-    if os.path.isfile(path):
-        from safetensors import safe_open
+    if files.is_file(path):
+        from safetensors.flax import load  # the numpy loader cannot read bfloat16
 
-        with safe_open(path, framework="flax") as f:  # the numpy framework cannot read bfloat16
-            return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
+        return {k: np.asarray(v) for k, v in load(files.read_bytes(path)).items()}
     path = os.path.join(folder, PEFT_WEIGHTS_BIN_NAME)
-    if os.path.isfile(path):
+    if files.is_file(path):
+        path = os.path.join(files.local_folder(folder, (PEFT_WEIGHTS_BIN_NAME,)), PEFT_WEIGHTS_BIN_NAME)
         try:
             import torch
         except ImportError:
@@ -231,12 +232,11 @@ def import_peft(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """
     folder = os.fspath(folder)
     config_path = os.path.join(folder, PEFT_CONFIG_NAME)
-    if not os.path.isdir(folder):
+    if not files.is_dir(folder):
         raise FileNotFoundError(f"PEFT adapter folder {folder} does not exist")
-    if not os.path.isfile(config_path):
+    if not files.is_file(config_path):
         raise FileNotFoundError(f"{folder} is not a PEFT adapter: it has no {PEFT_CONFIG_NAME}")
-    with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = json.loads(files.read_text(config_path))
     peft_type = config.get("peft_type")
     if peft_type != "PROMPT_TUNING":
         raise ValueError(f"{folder} holds a {peft_type} adapter; only prompt-tuning adapters "

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from prompt_tuning_jax.files import is_local
+from prompt_tuning_jax import files
 from prompt_tuning_jax.partitioning import host_value
 from prompt_tuning_jax.prompts.io import save_prompt
 
@@ -23,8 +23,7 @@ class Checkpointer:
     """Saves to and restores from `<directory>/checkpoints/<step>/`, keeping the newest `keep` (None: all)."""
 
     def __init__(self, directory: str | os.PathLike, keep: int | None = 3):
-        directory = os.fspath(directory)
-        self.directory = os.path.abspath(directory) if is_local(directory) else directory
+        self.directory = files.absolute(directory)  # a local folder or gs://bucket/run
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(os.path.join(self.directory, "checkpoints"), options=options,
                                              item_names=("trainable", "opt_state", "meta"))

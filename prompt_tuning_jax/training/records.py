@@ -1,6 +1,9 @@
 """A run's readable record: metrics.jsonl, metrics.csv, TensorBoard events and PNG plots.
 
 Only process 0 writes. Rows are flat dicts `{"step": int, "split": "train"|"eval", name: float}`.
+The directory may be a bucket (gs://...): every file then goes up whole through
+`files.atomic_write` (an object cannot be appended to), and TensorBoard writes
+its events to a local folder that is copied up after every flush.
 """
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ import csv
 import io
 import json
 import os
+import tempfile
 from typing import Any
 
 import jax
 
+from prompt_tuning_jax import files
 from prompt_tuning_jax.files import atomic_write
 
 
@@ -23,18 +28,12 @@ class RunRecord:
         self._tb = None
         if not self.active:
             return
-        os.makedirs(self.directory, exist_ok=True)
+        files.makedirs(self.directory)
         path = os.path.join(self.directory, "metrics.jsonl")
-        if os.path.exists(path):  # a resumed run keeps its history
-            with open(path, encoding="utf-8") as f:
-                self.rows = [json.loads(line) for line in f if line.strip()]
+        if files.exists(path):  # a resumed run keeps its history
+            self.rows = [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
         if tensorboard:
-            try:
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(os.path.join(self.directory, "tensorboard"))
-            except ImportError:
-                self._tb = None
+            self._tb = _TensorBoard(os.path.join(self.directory, "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """Drops rows past `step` (a resumed run redoes those steps)."""
@@ -47,12 +46,13 @@ class RunRecord:
         self.rows.append(row)
         if not self.active:
             return
-        with open(os.path.join(self.directory, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        if files.is_local(self.directory):
+            with open(os.path.join(self.directory, "metrics.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        else:
+            self._rewrite_jsonl()
         if self._tb is not None:
-            for k, v in metrics.items():
-                self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
-            self._tb.flush()
+            self._tb.log(step, split, metrics)
 
     def _rewrite_jsonl(self):
         atomic_write(os.path.join(self.directory, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
@@ -76,7 +76,6 @@ class RunRecord:
         import matplotlib.pyplot as plt
 
         folder = os.path.join(self.directory, "plots")
-        os.makedirs(folder, exist_ok=True)
         for split, title, skip in (("train", "training loss", ()), ("eval", "validation metrics", ("loss",))):
             rows = [r for r in self.rows if r["split"] == split]
             names = ["loss"] if split == "train" else sorted({k for r in rows for k in r} - {"step", "split", *skip})
@@ -93,9 +92,41 @@ class RunRecord:
             ax.grid(alpha=0.3)
             ax.legend()
             fig.tight_layout()
-            fig.savefig(os.path.join(folder, f"{split}_{'loss' if split == 'train' else 'metrics'}.png"), dpi=100)
+            png = io.BytesIO()
+            fig.savefig(png, format="png", dpi=100)
+            atomic_write(os.path.join(folder, f"{split}_{'loss' if split == 'train' else 'metrics'}.png"),
+                         png.getvalue())
             plt.close(fig)
 
     def close(self):
         if self._tb is not None:
             self._tb.close()
+
+
+class _TensorBoard:
+    """tensorboardX scalars in `directory`; for a bucket, written locally and copied up after each flush."""
+
+    def __init__(self, directory: str):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            self.writer = None
+            return
+        self.directory = directory
+        self.local = directory if files.is_local(directory) else tempfile.mkdtemp(prefix="ptj-tensorboard-")
+        self.writer = SummaryWriter(self.local)
+
+    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"{split}/{k}", float(v), int(step))
+        self.writer.flush()
+        if self.local != self.directory:
+            for name in os.listdir(self.local):
+                with open(os.path.join(self.local, name), "rb") as f:
+                    atomic_write(os.path.join(self.directory, name), f.read())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

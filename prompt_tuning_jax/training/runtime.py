@@ -19,11 +19,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from prompt_tuning_jax import partitioning
+from prompt_tuning_jax import files, partitioning
 from prompt_tuning_jax.prompts.io import load_prompt
 from prompt_tuning_jax.training.checkpoint import Checkpointer
 from prompt_tuning_jax.variables import Trainable
@@ -109,12 +108,12 @@ def check_checkpoint_path(checkpoint_path: str | os.PathLike) -> str:
 
 
 def _exists(path: str) -> bool:
-    return epath.Path(path).exists()
+    return files.exists(path)
 
 
 def _prompt_file(path: str) -> str:
     """A .npy file as given; a folder -> its prompts/prompt_latest.npy."""
-    if not epath.Path(path).is_dir():
+    if not files.is_dir(path):
         return path
     latest = os.path.join(path, "prompts", "prompt_latest.npy")
     if not _exists(latest):
