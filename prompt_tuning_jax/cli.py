@@ -28,7 +28,7 @@ from prompt_tuning_jax import experiments
 from prompt_tuning_jax.experiments import demo_model
 from prompt_tuning_jax.models import hub_id
 from prompt_tuning_jax.pretrained_prompts import released_prompt
-from prompt_tuning_jax.training import optim
+from prompt_tuning_jax.training import distributed, optim
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 CONFIG_DIR = os.path.join(PACKAGE_DIR, "configs")
@@ -94,6 +94,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--coordinator_address", help="host:port of process 0 (multi-process runs off TPU)")
     p.add_argument("--num_processes", type=int)
     p.add_argument("--process_id", type=int)
+    p.add_argument("--heartbeat_timeout", type=int, default=distributed.HEARTBEAT_TIMEOUT_S,
+                   help="seconds after which a silent process counts as dead and the others exit non-zero")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -136,9 +138,11 @@ def main(entry: Callable[[], None], description: str, argv=None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda r: not str(r.msg).startswith("Path not found"))
     try:
-        from prompt_tuning_jax.training import distributed
-
-        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                               heartbeat_timeout_s=args.heartbeat_timeout)
+        if distributed.is_initialized() and distributed.process_index() != 0:
+            logging.getLogger().setLevel(logging.ERROR)  # only process 0 logs (errors still show)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - and prints its summary
         if not args.gin_file and not bindings:
             raise ValueError("no configuration: pass --gin_file=... (see configs/runs/)")
         parse_gin(args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p])

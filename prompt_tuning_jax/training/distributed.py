@@ -8,6 +8,13 @@ import jax
 
 logger = logging.getLogger(__name__)
 _initialized = False
+HEARTBEAT_TIMEOUT_S = 20  # a dead peer is noticed within this (plus the abort): under a minute
+INIT_TIMEOUT_S = 300  # hosts of a pod slice start within minutes of each other
+SHUTDOWN_TIMEOUT_S = 30  # a finished process waits this long for the others at exit
+
+
+def is_initialized() -> bool:
+    return _initialized
 
 
 def on_tpu_vm() -> bool:
@@ -17,7 +24,8 @@ def on_tpu_vm() -> bool:
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, platform: str | None = None) -> None:
+               process_id: int | None = None, platform: str | None = None,
+               heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
     """Starts `jax.distributed` once per process, before any JAX computation.
 
     - With `coordinator_address` (host:port), `num_processes` and `process_id`:
@@ -25,21 +33,32 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     - On a TPU VM with no arguments: auto-detected (each host of a pod slice runs
       the same command).
     - Otherwise: nothing; a single process.
+
+    heartbeat_timeout_s: a process that stops answering for this long (killed,
+    preempted, out of memory) is declared dead, and every other process then
+    aborts with a non-zero exit instead of waiting in a collective forever
+    (jax's default is 100 s). The run resumes from its last checkpoint.
     """
     global _initialized
     if _initialized:
         return
+    timeouts = dict(heartbeat_timeout_seconds=heartbeat_timeout_s, initialization_timeout=INIT_TIMEOUT_S,
+                    shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
     if coordinator_address:
         if num_processes is None or process_id is None:
             raise ValueError("--coordinator_address needs --num_processes and --process_id")
         if (platform or os.environ.get("JAX_PLATFORMS", "")).startswith("cpu"):
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
+                                   process_id=process_id, **timeouts)
     elif on_tpu_vm() and int(os.environ.get("PTJ_SINGLE_HOST", "0")) == 0:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
     else:
         return
     _initialized = True
     logger.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def process_index() -> int:
+    return jax.process_index()

@@ -109,6 +109,33 @@ def test_two_processes_match_one(tmp_path, tiny_gpt2_dir):
     assert sorted(os.listdir(multi / "prompts")) == ["prompt_12.npy", "prompt_6.npy", "prompt_latest.npy"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [0, 1], ids=["coordinator_dies", "worker_dies"])
+def test_a_dead_process_stops_the_others_within_a_minute(tmp_path, tiny_gpt2_dir, victim):
+    """kill -9 of one host mid-run: the other exits non-zero (heartbeat timeout) instead of hanging."""
+    out, port = tmp_path / "run", _free_port()
+    procs = [subprocess.Popen(train_cmd(out, tiny_gpt2_dir, "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=20",
+                                        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                                        f"--process_id={i}"),
+                              cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    survivor = procs[1 - victim]
+    try:
+        deadline = time.time() + 300
+        while not (out / "prompts" / "prompt_20.npy").exists() and time.time() < deadline:
+            assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+            time.sleep(0.05)
+        procs[victim].send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        survivor.communicate(timeout=60)
+        assert time.time() - killed_at < 60
+        assert survivor.returncode != 0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 @pytest.mark.parametrize("flag,needle", [
     ("--gin.ptj.DataSpec.bach_size=3", "bach_size"),
     ("--gin.ptj.trian.steps=3", "trian"),
