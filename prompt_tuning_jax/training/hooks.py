@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -70,8 +71,10 @@ class ProgressHook(Hook):
     def start(self, loop: Loop) -> None:
         from tqdm.auto import tqdm
 
+        # In a log file (a TPU worker's nohup log, a batch job) every refresh is a new line: one a minute.
+        refresh_s = 0.1 if sys.stderr.isatty() else 60.0
         self.bar = tqdm(total=loop.steps, initial=loop.step, disable=not self.enabled, dynamic_ncols=True,
-                        desc="train")
+                        desc="train", mininterval=refresh_s, maxinterval=max(refresh_s, 10.0))
 
     def step(self, loop: Loop) -> None:
         if loop.last_train:
