@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Train a soft prompt on SST-2 with T5 1.1 lm100k XXL (google/t5-xxl-lm-adapt, 11B parameters)
+# on a pod slice: runtime/model_parallel_8.gin splits heads, MLP and vocabulary over a model axis
+# of 8 devices (MESH_SHAPE (-1, 8)), keeps the frozen weights in bfloat16 and rematerialises
+# blocks. Like the original library's prompt_tuning/scripts/sst2-xxl-demo.sh.
+#
+#   scripts/tpu.sh launch --name NAME --zone ZONE --accelerator v4-32 \
+#     --model-dir gs://BUCKET/sst2_xxl -- bash scripts/sst2_xxl_demo.sh
+#
+# MODEL_DIR must be a gs:// path: every host of the slice writes its shards of the checkpoints.
+# The model axis must divide the device count (v4-32: 16 devices, mesh (2, 8)); on a v4-8
+# (4 devices) add --gin.MESH_SHAPE="(-1, 4)". Extra arguments are appended. PYTHON=echo prints the command.
+set -euo pipefail
+if [[ ${MODEL_DIR:-} != gs://* ]]; then
+  echo "error: set MODEL_DIR to a gs:// path (got '${MODEL_DIR:-}'): a pod slice has one disk per host, e.g. MODEL_DIR=gs://BUCKET/sst2_xxl bash $0" >&2
+  exit 2
+fi
+read -r -a python <<< "${PYTHON:-python3}"
+exec "${python[@]}" -m prompt_tuning_jax.train \
+  --gin_file=models/t5_1_1_lm100k_xxl.gin \
+  --gin_file=prompts/from_class_labels.gin \
+  --gin_file=runtime/model_parallel_8.gin \
+  --gin_file=runs/prompt_finetune.gin \
+  --gin.MODEL_DIR="'${MODEL_DIR}'" \
+  --gin.MIXTURE_OR_TASK_NAME="'taskless_glue_sst2_v200_examples'" \
+  --gin.TASK_FEATURE_LENGTHS="{'inputs': 512, 'targets': 8}" \
+  --gin.BATCH_SIZE=32 \
+  --gin.TRAIN_STEPS=30000 \
+  --gin.EVAL_PERIOD=1000 \
+  --gin.CHECKPOINT_PERIOD=500 \
+  "$@"
