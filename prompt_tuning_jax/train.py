@@ -19,6 +19,8 @@ def run() -> None:
     best = summary.get("best") or {}
     if best:
         msg += f"; best {best['metric']} {best['value']:.2f} at step {best['step']}"
+    if "padding_fraction" in summary:
+        msg += f"; batches {100 * summary['padding_fraction']:.0f}% padding, {summary['batch_shapes']} shapes"
     print(msg)
 
 

@@ -167,14 +167,14 @@ def tokenize_task(task, split: str, tokenizer, *, limit: int | None = None, **kw
 # --------------------------------------------------------------------------- batches
 
 
-def bucket_lengths(max_length: int, min_length: int = 16) -> tuple[int, ...]:
-    """Powers of two in [min_length, max_length) plus max_length: 100 -> (16, 32, 64, 100)."""
-    buckets = []
-    length = min_length
-    while length < max_length:
-        buckets.append(length)
-        length *= 2
-    return tuple(buckets) + (max_length,)
+def bucket_lengths(max_length: int, step: int = 16, max_buckets: int = 16) -> tuple[int, ...]:
+    """Multiples of `step` below max_length, plus max_length: 100 -> (16, 32, 48, 64, 80, 96, 100).
+
+    The step grows (in multiples of `step`) so that there are at most `max_buckets` lengths, which
+    bounds the number of compiled shapes: 512 -> (32, 64, ..., 480, 512).
+    """
+    step *= max(1, -(-max_length // (step * max_buckets)))
+    return tuple(range(step, max_length, step)) + (max_length,)
 
 
 def _resolve_buckets(buckets, max_length: int) -> tuple[int, ...]:
@@ -205,7 +205,11 @@ class Batcher:
     tokenized: all examples (every host holds them all); task_index: [N] int32.
     batch_size: the global batch size, divisible by process_count.
     padding_side: "right" (text, pads) or "left" (pads, text) for inputs.
-    buckets: True (powers of two + max), False (max only) or explicit lengths.
+    buckets: True (`bucket_lengths`: multiples of 16, at most 16 lengths), False (max only) or
+      explicit lengths.
+    Counts what it built: `real_tokens` / `positions` (this host's input and target tokens and the
+    positions they were padded to) and `shapes`, the distinct (inputs, targets) lengths (one
+    compilation of a step each).
     """
 
     def __init__(self, tokenized: Tokenized, batch_size: int, *, task_index=None,
@@ -225,6 +229,12 @@ class Batcher:
         self.input_buckets = _resolve_buckets(buckets, tokenized.max_input_length)
         self.target_buckets = _resolve_buckets(buckets if target_buckets is None else target_buckets,
                                                tokenized.max_target_length)
+        self.real_tokens, self.positions, self.shapes = 0, 0, set()
+
+    @property
+    def padding_fraction(self) -> float:
+        """The share of the batches' input and target positions that were padding (0 before any batch)."""
+        return 1.0 - self.real_tokens / self.positions if self.positions else 0.0
 
     @staticmethod
     def _fit_bucket(length: int, buckets: tuple[int, ...]) -> int:
@@ -258,6 +268,9 @@ class Batcher:
             attention_mask[b, cols] = 1
             target_ids[b, :len(y)] = y
             target_mask[b, :len(y)] = 1
+        self.shapes.add((T, Tt))
+        self.real_tokens += int(attention_mask.sum() + target_mask.sum())
+        self.positions += B * (T + Tt)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -276,9 +289,13 @@ class EvalIterator:
     The last global batch is filled with weight-0 rows, so `num_batches =
     ceil(N / batch_size)` and each host yields the same number of batches.
     Rows with weight 1, in order of `example_index`, are the N examples.
+    sort_by_length: batch the examples longest first (a stable sort by input and
+    then target length), so that each batch is padded little; the consumers put
+    the results back in example order with `example_index`.
     """
 
-    def __init__(self, tokenized: Tokenized, batch_size: int, *, task_index: int = 0, **batcher_kwargs):
+    def __init__(self, tokenized: Tokenized, batch_size: int, *, task_index: int = 0, sort_by_length: bool = True,
+                 **batcher_kwargs):
         if len(tokenized) == 0:
             raise ValueError("nothing to evaluate: the split is empty")
         self.tokenized = tokenized
@@ -287,32 +304,43 @@ class EvalIterator:
         self.batch_size = batch_size
         self.num_examples = len(tokenized)
         self.num_batches = -(-self.num_examples // batch_size)
+        self.order = (np.lexsort((-tokenized.target_lengths, -tokenized.input_lengths)) if sort_by_length
+                      else np.arange(self.num_examples))
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, self.num_examples, self.batch_size):
-            indices = np.arange(start, start + self.batch_size)
-            yield self.batcher(np.where(indices < self.num_examples, indices, -1))
+        padded = np.concatenate([self.order, np.full(self.num_batches * self.batch_size - self.num_examples, -1)])
+        for indices in padded.reshape(self.num_batches, self.batch_size):
+            yield self.batcher(indices)
 
 
 class _Cursor:
-    """Position in an endless sequence of per-epoch permutations of range(n)."""
+    """Position in an endless sequence of per-epoch permutations of range(n).
 
-    def __init__(self, n: int, seed: int, stream: int, shuffle: bool = True):
+    With `lengths` [n] and a `window` of examples, each epoch's permutation is grouped by
+    length (`group_by_length`): neighbours in the order have similar lengths.
+    """
+
+    def __init__(self, n: int, seed: int, stream: int, shuffle: bool = True, lengths=None, window: int = 0,
+                 block: int = 1):
         if n == 0:
             raise ValueError("cannot train on an empty split")
         self.n, self.seed, self.stream, self.shuffle = n, seed, stream, shuffle
+        self.lengths, self.window, self.block = lengths, window, block
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, None
 
     def order(self) -> np.ndarray:
         if self._order_epoch != self.epoch:
-            self._order = (np.random.default_rng([self.seed, 0, self.stream, self.epoch]).permutation(self.n)
-                           if self.shuffle else np.arange(self.n))
-            self._order_epoch = self.epoch
+            rng = np.random.default_rng([self.seed, 0, self.stream, self.epoch])
+            order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+            if self.lengths is not None and self.window > self.block:
+                order = group_by_length(order, self.lengths, self.window, self.block, rng)
+            self._order, self._order_epoch = order, self.epoch
         return self._order
+
 
     def take(self, count: int) -> np.ndarray:
         out = []
@@ -324,6 +352,24 @@ class _Cursor:
             if self.position == self.n:
                 self.epoch, self.position = self.epoch + 1, 0
         return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def group_by_length(order: np.ndarray, lengths: np.ndarray, window: int, block: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """`order` (a permutation) cut into windows of `window` examples; each window sorted by length
+    (longest first) and cut into blocks of `block` (a batch), and the blocks shuffled within the window.
+
+    Still a permutation of `order`'s elements: every example once per epoch. A batch then holds
+    examples of similar length, so it is padded little, while which examples share a window (and
+    the order of the batches) stays random.
+    """
+    out = []
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        blocks = [chunk[i:i + block] for i in range(0, len(chunk), block)]
+        out.extend(blocks[i] for i in rng.permutation(len(blocks)))
+    return np.concatenate(out)
 
 
 def concatenate(parts: Sequence[Tokenized]) -> Tokenized:
@@ -359,12 +405,15 @@ class TrainIterator:
     seed: same seed -> same batches; epoch e uses permutation (seed, task, e).
     Each host yields its contiguous slice of every global batch; the global
     batch order does not depend on the process count.
+    group_by_length: a window of that many batches of each epoch's shuffled order is
+      sorted by length and cut into batches, whose order is shuffled within the window
+      (transformers' `group_by_length` does the same with 50); 0 or 1: plain shuffling.
     `state()` -> small dict; `restore(state)` continues exactly from there.
     """
 
     def __init__(self, tokenized: Tokenized | Sequence[Tokenized], batch_size: int, *,
                  rates: Sequence[float] | None = None, seed: int = 0, shuffle: bool = True,
-                 **batcher_kwargs):
+                 group_by_length: int = 0, **batcher_kwargs):
         parts = [tokenized] if isinstance(tokenized, Tokenized) else list(tokenized)
         sizes = np.array([len(p) for p in parts])
         rates = np.asarray(sizes if rates is None else rates, np.float64)
@@ -378,7 +427,9 @@ class TrainIterator:
         self.tokenized = combined
         self.batch_size = batch_size
         self.seed = int(seed)
-        self.cursors = [_Cursor(len(p), self.seed, k, shuffle) for k, p in enumerate(parts)]
+        self.cursors = [_Cursor(len(p), self.seed, k, shuffle, lengths=p.input_lengths,
+                                window=group_by_length * batch_size, block=batch_size)
+                        for k, p in enumerate(parts)]
         self.step = 0
 
     def next_indices(self) -> np.ndarray:

@@ -156,6 +156,8 @@ class DataSpec:
     task_overrides: TASK_OVERRIDES, any `get_task` override (local files, verbalizers, ...).
     eval_batch_size: defaults to batch_size; eval_limit: evaluate the first N examples only.
     truncate: 'right' | 'left' | 'error' for over-long examples; prefetch: batches read ahead.
+    group_by_length: training batches come from windows of this many batches of the shuffled
+      data, sorted by length, so each batch is padded little (0: plain shuffling).
     """
 
     task: str | Sequence[str] | None = None
@@ -170,6 +172,7 @@ class DataSpec:
     truncate: str = "right"
     seed: int = 0
     prefetch: int = 2
+    group_by_length: int = 50
 
     def __post_init__(self):
         lengths = self.feature_lengths

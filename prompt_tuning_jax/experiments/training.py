@@ -10,6 +10,7 @@ same call again resumes from the latest checkpoint.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -24,6 +25,8 @@ from prompt_tuning_jax.training import optim
 from prompt_tuning_jax.training.hooks import standard_hooks
 from prompt_tuning_jax.training.loop import fit
 from prompt_tuning_jax.training.trainer import Trainer
+
+logger = logging.getLogger(__name__)
 
 
 def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, schedule: TrainSpec = TrainSpec(),
@@ -43,17 +46,21 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
     hooks = standard_hooks(model_dir, evaluate=_evaluator(tasks, loaded, data, schedule, model.padding_side),
                            eval_every=schedule.eval_every, checkpoint_every=schedule.checkpoint_every,
                            keep=schedule.keep, log_every=schedule.log_every, progress=schedule.progress)
-    summary = fit(trainer, _train_batches(tasks, loaded, data, model.padding_side), schedule.steps, hooks.hooks,
-                  resume_from=hooks.checkpointer, prefetch=data.prefetch)
+    batches = _train_batches(tasks, loaded, data, model.padding_side)
+    summary = fit(trainer, batches, schedule.steps, hooks.hooks, resume_from=hooks.checkpointer,
+                  prefetch=data.prefetch)
     summary.update(prompt_file=os.path.join(model_dir, "prompts", "prompt_latest.npy"), model_dir=model_dir,
-                   prompt=trainer.prompt)
+                   prompt=trainer.prompt, padding_fraction=batches.batcher.padding_fraction,
+                   batch_shapes=len(batches.batcher.shapes))
+    logger.info("training batches: %.1f%% padding, %d shapes (one compilation each)",
+                100 * summary["padding_fraction"], summary["batch_shapes"])
     return summary
 
 
 def _train_batches(tasks, loaded, data: DataSpec, padding_side: str) -> TrainIterator:
     parts = [loading.tokenize_split(t, data.train_split, loaded, data) for t in tasks]
     return TrainIterator(parts if len(parts) > 1 else parts[0], data.batch_size, rates=data.mixture_rates,
-                         seed=data.seed, padding_side=padding_side)
+                         seed=data.seed, padding_side=padding_side, group_by_length=data.group_by_length)
 
 
 def _evaluator(tasks, loaded, data: DataSpec, schedule: TrainSpec, padding_side: str):

@@ -116,26 +116,40 @@ def test_tokenize_task_regression_labels_are_float(t5):
 
 
 def test_bucket_lengths_and_batch_shapes():
-    assert bucket_lengths(100) == (16, 32, 64, 100)
-    assert bucket_lengths(128) == (16, 32, 64, 128)
+    assert bucket_lengths(100) == (16, 32, 48, 64, 80, 96, 100)
+    assert bucket_lengths(32) == (16, 32)
     assert bucket_lengths(8) == (8,)
+    assert bucket_lengths(512) == tuple(range(32, 513, 32))  # at most 16 shapes: the step grows
+    assert len(bucket_lengths(2048)) == 16
     tok = synthetic(300, max_len=100)
-    seen = set()
-    for batch in EvalIterator(tok, 4, **ONE_HOST):
+    buckets = bucket_lengths(100)
+    it = EvalIterator(tok, 4, sort_by_length=False, **ONE_HOST)
+    for batch in it:
         T = batch["input_ids"].shape[1]
         longest = batch["attention_mask"].sum(1).max()
-        assert T in (16, 32, 64, 100) and T >= longest
-        assert T == min(b for b in (16, 32, 64, 100) if b >= longest)
+        assert T == min(b for b in buckets if b >= longest)
         assert batch["input_ids"].dtype == np.int32 and batch["weight"].dtype == np.float32
-        seen.add(batch["input_ids"].shape)
-    assert len(seen) <= 4  # a jitted step compiles at most once per bucket
+    assert {t for t, _ in it.batcher.shapes} <= set(buckets)  # a jitted step compiles at most once per bucket
     fixed = next(iter(EvalIterator(tok, 4, buckets=False, **ONE_HOST)))
     assert fixed["input_ids"].shape == (4, 100)
 
 
+def test_eval_batches_sorted_by_length_pad_less_and_cover_every_example():
+    tok = synthetic(301, max_len=100)
+    plain, ordered = (EvalIterator(tok, 8, sort_by_length=s, **ONE_HOST) for s in (False, True))
+    batches = list(ordered)
+    list(plain)
+    assert ordered.batcher.padding_fraction < plain.batcher.padding_fraction / 2
+    index = np.concatenate([b["example_index"] for b in batches])
+    weight = np.concatenate([b["weight"] for b in batches])
+    assert sorted(index[weight > 0]) == list(range(301)) and (index[weight == 0] == -1).all()
+    longest = [int(b["attention_mask"].sum(1).max()) for b in batches]
+    assert longest == sorted(longest, reverse=True)
+
+
 def test_eval_covers_every_example_once_with_weight_zero_padding():
     tok = synthetic(10)
-    batches = list(EvalIterator(tok, 4, **ONE_HOST))
+    batches = list(EvalIterator(tok, 4, sort_by_length=False, **ONE_HOST))
     assert len(batches) == 3 and all(b["input_ids"].shape[0] == 4 for b in batches)
     weight = np.concatenate([b["weight"] for b in batches])
     index = np.concatenate([b["example_index"] for b in batches])
@@ -188,6 +202,41 @@ def test_resume_continues_exactly():
     _same(expected, _draw(resumed, 5))
     with pytest.raises(ValueError, match="seed"):
         TrainIterator(tok, 4, seed=8, **ONE_HOST).restore(state)
+
+
+def test_length_grouping_keeps_every_example_once_per_epoch_and_resumes_exactly():
+    tok = synthetic(203, max_len=100)
+    grouped = TrainIterator(tok, 8, seed=1, group_by_length=5, **ONE_HOST)
+    batches = _draw(grouped, 60)  # 480 rows: two epochs and more
+    order = np.concatenate([b["example_index"] for b in batches])
+    assert sorted(order[:203]) == sorted(order[203:406]) == list(range(203))
+    assert order[:203].tolist() != order[203:406].tolist()
+    input_padding = lambda bs: 1 - sum(b["attention_mask"].sum() for b in bs) / sum(b["attention_mask"].size for b in bs)
+    plain = _draw(TrainIterator(tok, 8, seed=1, **ONE_HOST), 60)
+    assert input_padding(batches) < 0.75 * input_padding(plain)  # 0.29 vs 0.43 here (uniform lengths 1..100)
+    real = sum(b["attention_mask"].sum() + b["target_mask"].sum() for b in batches)
+    positions = sum(b["attention_mask"].size + b["target_mask"].size for b in batches)
+    assert grouped.batcher.padding_fraction == pytest.approx(1 - real / positions)
+    # Within a window of 5 batches (40 examples) the rows are sorted; the batches' order is shuffled.
+    lengths = tok.input_lengths[order[:40]].reshape(5, 8)
+    assert all((np.diff(row) <= 0).all() for row in lengths)
+    assert sorted(lengths.max(1).tolist(), reverse=True) != lengths.max(1).tolist() or len(set(lengths.max(1))) == 1
+    # Resume at any step gives the same batches.
+    again = TrainIterator(tok, 8, seed=1, group_by_length=5, **ONE_HOST)
+    _draw(again, 23)
+    state = again.state()
+    resumed = TrainIterator(tok, 8, seed=1, group_by_length=5, **ONE_HOST)
+    resumed.restore(state)
+    _same(batches[23:60], _draw(resumed, 37))
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_grouped_host_slices_concatenate_to_the_global_batch(process_count):
+    tok = synthetic(50, max_len=70)
+    global_train = _draw(TrainIterator(tok, 8, seed=2, group_by_length=3, **ONE_HOST), 9)
+    hosts = [_draw(TrainIterator(tok, 8, seed=2, group_by_length=3, process_index=p, process_count=process_count), 9)
+             for p in range(process_count)]
+    _same(global_train, [{k: np.concatenate([h[s][k] for h in hosts]) for k in KEYS} for s in range(9)])
 
 
 @pytest.mark.parametrize("process_count", [2, 4])
@@ -283,4 +332,6 @@ def test_tokenize_task_on_shared_sst2(t5):
     assert len(tok) == 872 and tok.num_truncated == 0
     batches = list(EvalIterator(tok, 64, **ONE_HOST))
     assert sum(b["weight"].sum() for b in batches) == 872
-    assert np.concatenate([b["label"][b["weight"] > 0] for b in batches]).tolist() == tok.label.tolist()
+    labels = np.concatenate([b["label"][b["weight"] > 0] for b in batches])
+    index = np.concatenate([b["example_index"][b["weight"] > 0] for b in batches])
+    assert labels[np.argsort(index)].tolist() == tok.label.tolist()
