@@ -14,6 +14,7 @@ import dataclasses
 import io
 from typing import Any, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,9 +25,17 @@ INIT_KINDS = ("random_uniform", "sampled_vocab", "class_labels", "string", "file
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def default_compute_dtype() -> str:
+    """'bfloat16' on GPUs and TPUs, 'float32' on CPUs; the prompt, head and optimizer state stay float32."""
+    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+
+
 def _dtype(name):
+    """A dtype name ('auto': `default_compute_dtype()`) -> the jnp dtype; a dtype is returned as it is."""
     if not isinstance(name, str):
         return name
+    if name == "auto":
+        name = default_compute_dtype()
     try:
         return DTYPES[name]
     except KeyError:
@@ -37,25 +46,29 @@ def _dtype(name):
 class ModelSpec:
     """The frozen model: a hub id or Hugging Face folder (`INITIAL_CHECKPOINT_PATH`) and how to run it.
 
-    dtype: compute dtype; param_dtype: storage of the frozen weights; tokenizer:
-    defaults to the checkpoint's; padding_side: where pads go in batches.
-    dropout_rate: DROPOUT_RATE, replaces all of the checkpoint's dropout rates in
-    training steps (None: config.json's rates; 0.0: no dropout).
+    dtype: compute dtype ('auto': bfloat16 on GPUs and TPUs, float32 on CPUs; the
+    trainable prompt and head are float32 whatever it is); param_dtype: storage of
+    the frozen weights; tokenizer: defaults to the checkpoint's; padding_side: where
+    pads go in batches. dropout_rate: DROPOUT_RATE, replaces all of the checkpoint's
+    dropout rates in training steps (None: config.json's rates; 0.0: no dropout).
+    attention: 'auto' (cuDNN flash attention where it applies, see
+    `models.common.pick_attention`) | 'einsum' | 'xla' | 'cudnn'.
     """
 
     path: str
     tokenizer: str | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"
     param_dtype: str = "float32"
     remat: bool = False
     padding_side: str = "right"
     dropout_rate: float | None = None
+    attention: str = "auto"
 
     def load(self, mesh=None):
         from prompt_tuning_jax.models import from_pretrained
 
         return from_pretrained(self.path, dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype),
-                               mesh=mesh, remat=self.remat, dropout_rate=self.dropout_rate)
+                               mesh=mesh, remat=self.remat, dropout_rate=self.dropout_rate, attention=self.attention)
 
     def load_tokenizer(self):
         from prompt_tuning_jax.tokenizer import load_tokenizer

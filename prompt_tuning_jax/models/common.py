@@ -15,6 +15,12 @@ dropout site by folding in fixed integers (`fold`: layer, site), and draws each
 row's mask from its own key (`dropout`). A row's masks therefore depend only on
 its key, never on which other rows share the batch: split the batch into
 micro-batches or over devices and every row draws the same masks.
+
+Attention runs one of three implementations (`pick_attention`): 'einsum' (our
+own two einsums, with dropout on the probabilities), 'xla' and 'cudnn'
+(`jax.nn.dot_product_attention`; cuDNN flash attention on NVIDIA GPUs). The
+models' `attention` config field asks for one, or 'auto': cuDNN where it applies
+(a CUDA GPU, bf16/fp16, no attention dropout in this call), else einsum.
 """
 from __future__ import annotations
 
@@ -56,19 +62,70 @@ def causal_bias(q_len: int, k_len: int, offset: int | jax.Array = 0) -> jax.Arra
     return jnp.where(k <= q, 0.0, MASK_VALUE).astype(jnp.float32)[None, None]
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn")
+
+
+def check_attention(name: str) -> str:
+    """`name` if it is one of ATTENTION_IMPLEMENTATIONS, else a ValueError."""
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {name!r}; use one of {ATTENTION_IMPLEMENTATIONS}")
+    return name
+
+
+def pick_attention(requested: str, platform: str, dtype, head_dim: int, q_len: int, kv_len: int,
+                   dropout: bool) -> str:
+    """The implementation one attention call runs: 'einsum' | 'xla' | 'cudnn'.
+
+    requested: 'auto' | 'einsum' | 'xla' | 'cudnn'; platform: 'cpu' | 'gpu' (CUDA) | 'tpu' | ...;
+    dtype: of q, k and v; dropout: whether this call drops out attention probabilities.
+    Dropout exists only on the einsum path, so while it acts every request runs einsum.
+    'auto' is 'cudnn' where cuDNN's flash attention takes the call (a CUDA GPU, bf16 or
+    fp16, a head dim that is a multiple of 8 and at most 128, and even lengths, which its
+    backward with a bias needs), else 'einsum'.
+    """
+    check_attention(requested)
+    if dropout:
+        return "einsum"
+    if requested != "auto":
+        return requested
+    cudnn_fits = (platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+                  and head_dim % 8 == 0 and head_dim <= 128 and q_len % 2 == 0 and kv_len % 2 == 0)
+    return "cudnn" if cudnn_fits else "einsum"
+
+
+def platform() -> str:
+    """jax's default backend ('cpu', 'gpu', 'tpu'), with a GPU that is not CUDA (no cuDNN) called 'rocm'."""
+    backend = jax.default_backend()
+    if backend == "gpu" and "cuda" not in jax.devices()[0].client.platform_version.lower():
+        return "rocm"
+    return backend
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float,
-           dropout_rate: float = 0.0, keys: jax.Array | None = None) -> jax.Array:
+           dropout_rate: float = 0.0, keys: jax.Array | None = None, implementation: str = "auto") -> jax.Array:
     """Dot-product attention with the softmax in float32.
 
     q [B, Tq, N, D], k/v [B, Tk, N, D], bias broadcastable to [B, N, Tq, Tk] -> [B, Tq, N, D].
     With per-row `keys` [B], dropout at `dropout_rate` on the attention probabilities
     (after the softmax and the cast to v's dtype, as transformers' eager attention does).
+    implementation: 'auto' | 'einsum' | 'xla' | 'cudnn' (`pick_attention`); 'xla' gives
+    the einsum path's numbers, masked query rows included.
     """
-    scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores * scale + bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    probs = dropout(probs, dropout_rate, keys)
-    return jnp.einsum("bnqk,bknd->bqnd", probs, v)
+    impl = pick_attention(implementation, platform(), q.dtype, q.shape[-1], q.shape[1], k.shape[1],
+                          dropout=keys is not None and dropout_rate > 0)
+    if impl == "einsum":
+        scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+        scores = scores * scale + bias
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        probs = dropout(probs, dropout_rate, keys)
+        return jnp.einsum("bnqk,bknd->bqnd", probs, v)
+    if impl == "cudnn":
+        # cuDNN adds the bias in q's dtype and wants it [B|1, N|1, Tq, Tk]. MASK_VALUE must stay
+        # finite there: float16 tops out at 65504, so a float16 query row with no key to see
+        # averages by its scores instead of uniformly (finite; such pad rows are never read).
+        bias = jnp.broadcast_to(bias, (*bias.shape[:2], q.shape[1], k.shape[1]))
+        bias = jnp.maximum(bias, jnp.finfo(q.dtype).min / 2).astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=impl)
 
 
 def layer_norm(x: jax.Array, weight: jax.Array, bias: jax.Array, eps: float) -> jax.Array:

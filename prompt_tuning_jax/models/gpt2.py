@@ -65,8 +65,14 @@ class GPT2Config:
     resid_pdrop: float = 0.1
     embd_pdrop: float = 0.1
     attn_pdrop: float = 0.1
+    # How attention runs ('auto' | 'einsum' | 'xla' | 'cudnn', see `common.pick_attention`);
+    # a runtime choice, not part of config.json.
+    attention: str = "auto"
 
     model_type = "gpt2"
+
+    def __post_init__(self):
+        common.check_attention(self.attention)
 
     @property
     def hidden_size(self) -> int:
@@ -86,19 +92,15 @@ class GPT2Config:
 
     @classmethod
     def from_hf(cls, config: dict[str, Any], tensor_names=None) -> "GPT2Config":
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"attention"}
         return cls(**{k: v for k, v in config.items() if k in names})
 
     def describe(self) -> str:
         return f"{self.n_layer} layers, hidden {self.n_embd}, {self.n_head} heads, vocab {self.vocab_size}"
 
     def to_hf(self) -> dict[str, Any]:
-        return {
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            **dataclasses.asdict(self),
-            "tie_word_embeddings": True,
-        }
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "attention"}
+        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **fields, "tie_word_embeddings": True}
 
 
 # The released sizes (https://huggingface.co/gpt2 and siblings).
@@ -158,6 +160,7 @@ class Attention(nnx.Module):
             scale /= layer_idx + 1
         self.scale = scale
         self.attn_pdrop, self.resid_pdrop = config.attn_pdrop, config.resid_pdrop
+        self.attention = config.attention
 
     def _qkv(self, x: jax.Array):
         """x [B, T, H] -> q, k, v, each [B, T, N, D]."""
@@ -172,7 +175,7 @@ class Attention(nnx.Module):
         """
         b, t, h = x.shape
         q, k, v = self._qkv(x)
-        out = common.attend(q, k, v, bias, self.scale, self.attn_pdrop, common.fold(keys, 0))
+        out = common.attend(q, k, v, bias, self.scale, self.attn_pdrop, common.fold(keys, 0), self.attention)
         return common.dropout(self.c_proj(out.reshape(b, t, h)), self.resid_pdrop, common.fold(keys, 1))
 
     def cached(self, x: jax.Array, bias: jax.Array, cache, index):
@@ -184,7 +187,7 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x)
         k_all, v_all = (jax.lax.dynamic_update_slice(c, y.astype(c.dtype), (0, index, 0, 0))
                         for c, y in zip(cache, (k, v)))
-        out = common.attend(q, k_all, v_all, bias, self.scale)
+        out = common.attend(q, k_all, v_all, bias, self.scale, implementation=self.attention)
         return self.c_proj(out.reshape(b, t, h)), (k_all, v_all)
 
 

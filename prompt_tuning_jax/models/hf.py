@@ -13,6 +13,7 @@ exactly when the checkpoint holds `lm_head.weight`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -237,8 +238,18 @@ def with_dropout_rate(config, dropout_rate: float | None):
     return config.with_dropout(float(dropout_rate))
 
 
+def with_attention(config, attention: str | None):
+    """`config` with its `attention` implementation replaced ('auto' | 'einsum' | 'xla' | 'cudnn'); None keeps it."""
+    if attention is None or attention == getattr(config, "attention", "auto"):
+        return config
+    if not hasattr(config, "attention"):
+        raise ValueError(f"{config.model_type} models have no attention implementations to choose from "
+                         f"(attention={attention!r}); leave it 'auto'")
+    return dataclasses.replace(config, attention=attention)
+
+
 def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, mesh=None, rules=None,
-                    remat: bool = False, dropout_rate: float | None = None):
+                    remat: bool = False, dropout_rate: float | None = None, attention: str | None = None):
     """Loads a GPT-2 or T5 Hugging Face checkpoint (local folder or hub id) into our NNX model.
 
     `dtype` is the compute dtype, `param_dtype` the storage dtype of the frozen
@@ -247,11 +258,12 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
     reads only the slices its devices hold. `dropout_rate` (T5X's DROPOUT_RATE)
     replaces all of the checkpoint's dropout rates; None keeps config.json's.
     Dropout only ever acts in a training step that passes a `dropout_rng`.
+    `attention` picks how attention runs (`common.pick_attention`); None: 'auto'.
     """
     folder = resolve_folder(name_or_path)
     read_config(folder)  # fail on a wrong model type before opening weights
     ckpt = Checkpoint(folder)
-    config = with_dropout_rate(config_from_folder(folder, ckpt), dropout_rate)
+    config = with_attention(with_dropout_rate(config_from_folder(folder, ckpt), dropout_rate), attention)
     _, model_cls = base.family(config.model_type)
     abstract = nnx.eval_shape(lambda: model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat,
                                                 rngs=nnx.Rngs(0)))
@@ -283,12 +295,13 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
 
 
 def init_random(config, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0, remat: bool = False,
-                dropout_rate: float | None = None):
+                dropout_rate: float | None = None, attention: str | None = None):
     """A randomly initialised model for `config` (a GPT2Config, a T5Config or a registered family's).
 
-    dropout_rate: replaces all of the config's dropout rates (None keeps them).
+    dropout_rate: replaces all of the config's dropout rates (None keeps them); attention: the
+    attention implementation (None keeps the config's).
     """
-    config = with_dropout_rate(config, dropout_rate)
+    config = with_attention(with_dropout_rate(config, dropout_rate), attention)
     _, model_cls = base.family(config.model_type)
     return model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(seed))
 

@@ -75,10 +75,14 @@ class T5Config:
     decoder_start_token_id: int = 0
     # transformers' default; used only when a training step passes a dropout_rng.
     dropout_rate: float = 0.1
+    # How attention runs ('auto' | 'einsum' | 'xla' | 'cudnn', see `common.pick_attention`);
+    # a runtime choice, not part of config.json.
+    attention: str = "auto"
 
     model_type = "t5"
 
     def __post_init__(self):
+        common.check_attention(self.attention)
         act = self.feed_forward_proj.split("-")
         if len(act) > 2 or (len(act) == 2 and act[0] != "gated"):
             raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} must be 'ACT' or 'gated-ACT'")
@@ -118,7 +122,8 @@ class T5Config:
         the head is untied exactly when the checkpoint (`tensor_names`) holds `lm_head.weight`.
         """
         has_lm_head = None if tensor_names is None else "lm_head.weight" in tensor_names
-        names = {f.name for f in dataclasses.fields(cls)} - {"tie_word_embeddings", "scale_decoder_outputs"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"tie_word_embeddings", "scale_decoder_outputs",
+                                                              "attention"}
         kwargs = {k: v for k, v in config.items() if k in names and v is not None}
         tie_flag = config.get("tie_word_embeddings", True)
         scale = config.get("scale_decoder_outputs", tie_flag is not False)
@@ -132,6 +137,7 @@ class T5Config:
 
     def to_hf(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        del d["attention"]
         d["num_decoder_layers"] = self.n_decoder_layers
         d.update(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
                  dense_act_fn=self.act_name, is_gated_act=self.is_gated)
@@ -218,6 +224,7 @@ class Attention(nnx.Module):
                 ("relpos_buckets", "relpos_heads"), param_dtype, f * d**-0.5))
         self.num_heads, self.d_kv = config.num_heads, config.d_kv
         self.dropout_rate = config.dropout_rate
+        self.attention = config.attention
 
     def _heads(self, y: jax.Array) -> jax.Array:
         return y.reshape(*y.shape[:2], self.num_heads, self.d_kv)
@@ -232,7 +239,7 @@ class Attention(nnx.Module):
 
         With per-row dropout `keys` [B]: dropout on the attention weights after the softmax.
         """
-        out = common.attend(self._heads(self.q(x)), k, v, bias, 1.0, self.dropout_rate, keys)
+        out = common.attend(self._heads(self.q(x)), k, v, bias, 1.0, self.dropout_rate, keys, self.attention)
         return self.o(out.reshape(*out.shape[:2], -1))
 
     def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array, keys: jax.Array | None = None) -> jax.Array:
