@@ -299,12 +299,16 @@ class GPT2(nnx.Module):
         positions come after the real ones, so no real target attends to them.
         Positions come from the mask, so the targets continue the real tokens' numbering.
         With R > 1, copy r of row b draws its dropout masks from fold_in(key_b, r).
+        With R > 1 and no dropout (rank classification), the input runs once and each
+        target continues it from its keys and values (`_cached_target_logits`).
         """
         b, (rb, length) = inputs_embeds.shape[0], target_ids.shape
+        keys = common.repeat_keys(common.row_keys(dropout_rng, b) if self.config.has_dropout else None, rb // b)
+        if rb > b and keys is None:
+            return self._cached_target_logits(inputs_embeds, attention_mask, target_ids)
         rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
         at = rep(common.last_real(attention_mask) + 1)  # [R*B] where the first target token goes
         full, full_mask, _ = common.insert(rep(inputs_embeds), rep(attention_mask), self.embed(target_ids), at)
-        keys = common.repeat_keys(common.row_keys(dropout_rng, b) if self.config.has_dropout else None, rb // b)
         hidden = self.forward_embeddings(full, full_mask, dropout_rng=keys)  # [R*B, S+L, H]
         # Target token l sits at at+l and is predicted from position at+l-1.
         pos = at[:, None] - 1 + jnp.arange(length)[None, :]
@@ -318,17 +322,11 @@ class GPT2(nnx.Module):
         generation continues right after each row's last real position whatever
         the padding side or prompt placement.
         """
-        b, s, _ = inputs_embeds.shape
+        s = inputs_embeds.shape[1]
         if s + max_new_tokens > self.config.n_positions:
             raise ValueError(f"{s} input positions + max_new_tokens {max_new_tokens} exceed GPT-2's n_positions "
                              f"{self.config.n_positions}")
-        order = jnp.argsort(attention_mask > 0, axis=1, stable=True)  # pads first, real tokens in order
-        embeds = jnp.take_along_axis(inputs_embeds, order[..., None], axis=1)
-        mask = jnp.take_along_axis(attention_mask, order, axis=1)
-        positions = common.positions_from_mask(mask)  # as forward_embeddings numbers them
-        cache_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), mask.dtype)], axis=1)  # [B, S + N]
-        hidden, cache = self.forward_cached(embeds, cache_mask, positions, self.init_cache(b, s + max_new_tokens), 0)
-        next_position = positions[:, -1] + 1  # [B]
+        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, max_new_tokens)
 
         def step(cache, tokens, t):
             h, cache = self.forward_cached(self.embed(tokens[:, None]), cache_mask, (next_position + t)[:, None],
@@ -336,6 +334,39 @@ class GPT2(nnx.Module):
             return self.logits(h[:, 0]), cache
 
         return self.logits(hidden[:, -1]), cache, step
+
+    def _prefill(self, inputs_embeds, attention_mask, extra: int):
+        """[B, S, H] embeddings into a cache of S + `extra` slots.
+
+        -> (hidden [B, S, H], cache, cache_mask [B, S + extra], next_position [B]). The
+        sequence is left-aligned first (pads, then real tokens, one gather) and positions
+        are cumsum(mask) - 1, as Hugging Face's `generate` does, so what follows in the
+        `extra` slots continues right after each row's last real position.
+        """
+        b = inputs_embeds.shape[0]
+        order = jnp.argsort(attention_mask > 0, axis=1, stable=True)  # pads first, real tokens in order
+        embeds = jnp.take_along_axis(inputs_embeds, order[..., None], axis=1)
+        mask = jnp.take_along_axis(attention_mask, order, axis=1)
+        positions = common.positions_from_mask(mask)  # as forward_embeddings numbers them
+        cache_mask = jnp.concatenate([mask, jnp.ones((b, extra), mask.dtype)], axis=1)  # [B, S + extra]
+        cache = self.init_cache(b, mask.shape[1] + extra)
+        hidden, cache = self.forward_cached(embeds, cache_mask, positions, cache, 0)
+        return hidden, cache, cache_mask, positions[:, -1] + 1
+
+    def _cached_target_logits(self, inputs_embeds, attention_mask, target_ids):
+        """R targets per input [R*B, L] scored from one run of the input -> logits [R*B, L, V].
+
+        The input's keys and values are computed once and copied R times; each copy
+        then runs only its L target tokens. Target l is predicted from the input's
+        last real position (l = 0) or from target l - 1.
+        """
+        (b, s, _), (rb, length) = inputs_embeds.shape, target_ids.shape
+        rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
+        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, length)
+        positions = rep(next_position)[:, None] + jnp.arange(length)[None, :]  # [R*B, L]
+        targets, _ = self.forward_cached(self.embed(target_ids), rep(cache_mask), positions,
+                                         jax.tree.map(rep, cache), s)
+        return self.logits(jnp.concatenate([rep(hidden[:, -1:]), targets[:, :-1]], axis=1))
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  position_ids: jax.Array | None = None, *, dropout_rng: jax.Array | None = None) -> jax.Array:

@@ -87,3 +87,21 @@ def test_every_parameter_has_logical_axes():
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         axes = var.get_metadata().get("axes")
         assert axes is not None and len(axes) == var[...].ndim, path
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_rank_targets_from_one_run_of_the_input_equal_separate_runs(rng, side):
+    """R targets per input (rank classification, no dropout) reuse the input's keys and values; the logits
+    equal running input + target once per target, as training does."""
+    model = tiny_model("gpt2", initializer_range=0.3)
+    ids, mask = padded_batch(rng, model.config.vocab_size, [7, 3, 5], 9, side=side)
+    embeds = model.embed(jnp.asarray(ids))
+    labels = rng.integers(1, model.config.vocab_size, (3, 4))  # C = 3 label strings of up to 4 tokens
+    label_mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    tiled, tiled_mask = np.tile(labels, (3, 1)), np.tile(label_mask, (3, 1))  # [B*C, L], example-major
+    together = np.asarray(model.target_logits(embeds, jnp.asarray(mask), tiled, tiled_mask))
+    for c in range(3):
+        alone = np.asarray(model.target_logits(embeds, jnp.asarray(mask), np.tile(labels[c], (3, 1)),
+                                               np.tile(label_mask[c], (3, 1))))
+        real = label_mask[c] > 0
+        np.testing.assert_allclose(together[c::3][:, real], alone[:, real], rtol=1e-5, atol=1e-5)
