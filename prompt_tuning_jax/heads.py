@@ -57,8 +57,7 @@ def target_token_logprobs(prompted, input_ids: jax.Array, attention_mask: jax.Ar
     b, rb = input_ids.shape[0], target_ids.shape[0]
     if rb % b:
         raise ValueError(f"{rb} targets do not divide evenly among {b} inputs")
-    embeds, mask = prompted.embed_inputs(input_ids, attention_mask, task_index)  # [B, S, H], [B, S]
-    logits = prompted.model.target_logits(embeds, mask, target_ids, target_mask, dropout_rng=dropout_rng)
+    logits = prompted.target_logits(input_ids, attention_mask, target_ids, target_mask, task_index, dropout_rng)
     return _target_logprob(logits, target_ids) * target_mask
 
 

@@ -314,6 +314,34 @@ class GPT2(nnx.Module):
         pos = at[:, None] - 1 + jnp.arange(length)[None, :]
         return self.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
 
+    # --- a prefix shared by every row (a prefix prompt), run once per batch ------------------
+    def shared_prefix_target_logits(self, prefix, inputs_embeds, attention_mask, target_ids, target_mask):
+        """`target_logits` of [prefix; input] rows whose [P, H] prefix is the same for all, without dropout.
+
+        In a causal model the prefix sees only itself, and positions come from the mask
+        (the prefix holds 0..P-1 in every row), so its keys and values are the same in
+        every row: they are computed once ([1, P]) and every row attends to them.
+        inputs_embeds [B, T, H] / attention_mask [B, T] exclude the prefix; targets
+        [R*B, L] as in `target_logits`. Same logits (and gradients) as inserting the prefix.
+        """
+        (b, t, _), (rb, length), p = inputs_embeds.shape, target_ids.shape, prefix.shape[0]
+        if p + t + length > self.config.n_positions:
+            raise ValueError(f"sequence length {p + t + length} exceeds GPT-2's n_positions {self.config.n_positions}")
+        prefix_hidden, prefix_cache = self.forward_cached(prefix[None], jnp.ones((1, p), jnp.int32),
+                                                          jnp.arange(p)[None], self.init_cache(1, p), 0)
+        rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
+        at = rep(common.last_real(attention_mask) + 1)  # [R*B] where the first target token goes (0: empty input)
+        rest, rest_mask, _ = common.insert(rep(inputs_embeds), rep(attention_mask), self.embed(target_ids), at)
+        cache = tuple(tuple(jnp.concatenate([jnp.broadcast_to(c, (rb, *c.shape[1:])),
+                                             jnp.zeros((rb, t + length, *c.shape[2:]), c.dtype)], axis=1)
+                            for c in layer) for layer in prefix_cache)
+        cache_mask = jnp.concatenate([jnp.ones((rb, p), rest_mask.dtype), rest_mask], axis=1)  # [R*B, P+T+L]
+        hidden, _ = self.forward_cached(rest, cache_mask, p + common.positions_from_mask(rest_mask), cache, p)
+        # Target l is predicted from the position before it: the prefix's last one for l = 0 of an empty input.
+        hidden = jnp.concatenate([jnp.broadcast_to(prefix_hidden[:, -1:], (rb, 1, hidden.shape[-1])), hidden], 1)
+        pos = at[:, None] + jnp.arange(length)[None, :]  # in `hidden`, shifted by the prefix's row
+        return self.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
+
     def start_decode(self, inputs_embeds, attention_mask, max_new_tokens: int):
         """Prefill of [B, S, H] embeddings -> (next-token logits [B, V], cache, step).
 

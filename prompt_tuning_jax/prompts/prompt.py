@@ -121,6 +121,29 @@ class PromptedModel(nnx.Module):
         embeds, mask, _ = self._combine(input_ids, attention_mask, task_index)
         return embeds, mask
 
+    def target_logits(self, input_ids, attention_mask, target_ids, target_mask, task_index=None,
+                      dropout_rng=None) -> jax.Array:
+        """Targets [R*B, L] teacher-forced after the prompted inputs [B, T] -> logits [R*B, L, V].
+
+        Where targets go is the model's business (`target_logits`: GPT-2 continues the
+        prompted input, T5 decodes them). One prefix prompt in a causal model without
+        dropout (and one target per input) runs once per batch, not once per row
+        (`shared_prefix_target_logits`): the same logits and gradients, less work.
+        """
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        if self._shares_prefix(dropout_rng) and target_ids.shape[0] == input_ids.shape[0]:
+            embeds = self.model.embed(input_ids)
+            return self.model.shared_prefix_target_logits(self.prompt.astype(embeds.dtype), embeds, attention_mask,
+                                                          target_ids, target_mask)
+        embeds, mask = self.embed_inputs(input_ids, attention_mask, task_index)
+        return self.model.target_logits(embeds, mask, target_ids, target_mask, dropout_rng=dropout_rng)
+
+    def _shares_prefix(self, dropout_rng) -> bool:
+        return (self.placement == "prefix" and self.num_tasks == 1
+                and hasattr(self.model, "shared_prefix_target_logits")
+                and (dropout_rng is None or not self.model.config.has_dropout))
+
     def _combine(self, input_ids, attention_mask, task_index):
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)

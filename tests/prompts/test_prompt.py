@@ -368,3 +368,35 @@ def test_prompt_exported_to_peft_runs_in_peft_and_comes_back(tmp_path, rng):
     assert_logits_close(ours.logits, theirs, ours.attention_mask)
     back, _ = import_peft(tmp_path / "adapter")
     np.testing.assert_array_equal(back, np.asarray(prompted.prompt))
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_shared_prefix_gives_the_same_loss_and_gradients(rng, side):
+    """A prefix prompt runs once per batch (GPT-2, no dropout): loss and prompt gradient equal inserting the
+    prompt into every row, the step this replaced; an empty input (the LM objective's) included."""
+    from prompt_tuning_jax.heads import target_token_logprobs
+
+    model = tiny_model("gpt2", initializer_range=0.3, dropout_rate=0.0, **SMALL)
+    prompt = rng.normal(size=(4, 16)).astype(np.float32)
+    ids, mask = padded_batch(rng, 97, [6, 2, 4, 1], 7, side=side)
+    mask[3] = 0  # an empty input: the targets follow the prompt directly
+    targets, target_mask = rng.integers(1, 97, (4, 3)), np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+
+    graphdef, trainable, frozen = nnx.split(ptj.with_prompt(model, 4, prompt, placement="prefix"), Trainable, ...)
+
+    def loss(trainable, shared):
+        prompted = nnx.merge(graphdef, trainable, frozen)
+        if shared:
+            logp = target_token_logprobs(prompted, ids, mask, targets, target_mask)
+        else:
+            embeds, full_mask = prompted.embed_inputs(ids, mask)
+            logits = prompted.model.target_logits(embeds, full_mask, targets, target_mask)
+            logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0] * target_mask
+        return -logp.sum()
+
+    assert nnx.merge(graphdef, trainable, frozen)._shares_prefix(None)
+    (shared, g_shared), (full, g_full) = (jax.value_and_grad(loss)(trainable, s) for s in (True, False))
+    g_shared, g_full = g_shared["soft_prompt"][...], g_full["soft_prompt"][...]
+    np.testing.assert_allclose(shared, full, rtol=1e-5)
+    np.testing.assert_allclose(g_shared, g_full, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(g_full).sum()) > 0
