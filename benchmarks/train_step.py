@@ -83,6 +83,8 @@ import time
 
 import numpy as np
 
+import flops  # benchmarks/flops.py (this script's folder is on sys.path)
+
 RESULT_TAG = "RESULT_JSON "
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run from a checkout without `pip install -e .`
@@ -200,6 +202,8 @@ def run_ours(args, folder: str) -> dict:
     device_loaded = stats.get("bytes_in_use") if stats else None
     first, times, rss_loaded, rss_peak, losses = time_steps(step, args.warmup, args.steps, sampler)
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    step_flops = flops.xla_flops(trainer._step, trainer.trainable, trainer.opt_state,
+                                 trainer.state.frozen, trainer.state.put_batch(batch), np.int32(0))
     return {
         "name": "prompt_tuning_jax (JAX)",
         "backend": f"jax {jax.__version__} on {dev.platform} ({dev.device_kind})",
@@ -207,6 +211,7 @@ def run_ours(args, folder: str) -> dict:
         "first": first, "times": times, "rss_start": rss_start, "rss_model": rss_model, "rss_loaded": rss_loaded,
         "rss_peak": rss_peak, "device_loaded": device_loaded, "device_peak": stats.get("peak_bytes_in_use") if stats else None,
         "first_loss": losses[0], "last_loss": losses[-1],
+        "flops": step_flops, "peak_flops": flops.jax_matmul_peak(dtype=args.dtype),
     }
 
 
@@ -265,6 +270,7 @@ def run_peft(args, folder: str) -> dict:
         "first": first, "times": times, "rss_start": rss_start, "rss_model": rss_model, "rss_loaded": rss_loaded,
         "rss_peak": rss_peak, "device_loaded": device_loaded, "device_peak": torch.cuda.max_memory_allocated(device) if cuda else None,
         "first_loss": losses[0], "last_loss": losses[-1],
+        "peak_flops": flops.torch_matmul_peak(dtype=args.dtype, device=args.device),
     }
 
 
@@ -349,6 +355,36 @@ def report(args, ours: dict, theirs: dict) -> None:
     if "rounds" in o or "rounds" in p:
         med = lambda r: " ".join(f"{t * 1e3:.0f}" for t in r.get("rounds", []))
         print(f"median ms/step of each round: ours {med(o)} | PEFT {med(p)} (the fastest round is shown)")
+    report_flops(args, ours, theirs)
+
+
+def report_flops(args, ours: dict | None, theirs: dict | None) -> None:
+    """Model FLOPs per step, achieved GFLOP/s and utilisation against each child's own matmul peak (flops.py).
+
+    executed: what the step computes (ours: XLA's cost analysis of the compiled step, all ops;
+    PEFT: the analytic count with HF's LM head at all P + L positions). useful: the analytic
+    least work (`flops.least_prompt_tuning_flops`: the prompt once per batch, the L text tokens
+    attending to it, the LM head at the L scored positions; the same on both sides).
+    """
+    from prompt_tuning_jax.models import preset
+
+    cfg = preset(args.model)
+    dims = {"n_layer": args.n_layer or cfg.n_layer, "d": cfg.n_embd, "vocab": cfg.vocab_size}
+    b, length, p = args.batch, args.length, args.prompt_length
+    useful = flops.least_prompt_tuning_flops(**dims, prompt_len=p, input_lengths=np.zeros(b),
+                                             target_lengths=np.full(b, length), batches=1)
+    print(f"FLOPs per step (utilisation against a dense 2048^3 {args.dtype} matmul timed in the same child):")
+    if ours is not None:
+        t = float(np.median(ours["times"]))
+        if ours.get("flops"):
+            flops.report("  ours executed", ours["flops"], t, ours["peak_flops"], "xla")
+        flops.report("  ours useful", useful, t, ours["peak_flops"], "analytic least work")
+    if theirs is not None:
+        t = float(np.median(theirs["times"]))
+        executed = flops.analytic_gpt2_flops(**dims, tokens_per_example=length, prompt_len=p, batch=b,
+                                             lm_head_positions=p + length)
+        flops.report("  PEFT executed", executed, t, theirs["peak_flops"], "analytic, LM head at all P + L positions")
+        flops.report("  PEFT useful", useful, t, theirs["peak_flops"], "analytic least work")
 
 
 def main(argv=None):
@@ -411,6 +447,7 @@ def main(argv=None):
         print(f"{r['name']}: {t * 1e3:.1f} ms/step, {args.batch / t:.2f} examples/s, "
               f"{args.batch * args.length / t:.0f} tokens/s, first step {r['first']:.2f} s, "
               f"peak RSS {mib(r['rss_peak'])} MiB (+{mib(r['rss_peak'] - r['rss_loaded'])}); {r['backend']}")
+        report_flops(args, results.get("ours"), results.get("peft"))
         return
     report(args, results["ours"], results["peft"])
 
