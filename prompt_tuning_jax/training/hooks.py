@@ -80,7 +80,7 @@ class ProgressHook(Hook):
         if loop.last_train:
             self.bar.set_postfix(loss=f"{loop.last_train['loss']:.4f}",
                                  ex_s=f"{loop.last_train['examples_per_s']:.1f}",
-                                 **{k: f"{v:.3f}" for k, v in loop.last_eval.items()})
+                                 **{k: f"{v:.3f}" for k, v in loop.last_eval.items()}, refresh=False)
         self.bar.update(1)
 
     def end(self, loop: Loop) -> None:
