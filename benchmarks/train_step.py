@@ -161,7 +161,8 @@ def _pin(cpus: int | None) -> None:
 # --------------------------------------------------------------------------- ours (JAX)
 
 
-def run_ours(args, folder: str) -> dict:
+def ours_trainer(args, folder: str, sampler=None):
+    """Our side's Trainer (prefix prompt, AdamW, "lm" objective) and host batch -> (trainer, batch, rss_model)."""
     import jax
     import jax.numpy as jnp
 
@@ -169,11 +170,9 @@ def run_ours(args, folder: str) -> dict:
     from prompt_tuning_jax.training.optim import make_optimizer
     from prompt_tuning_jax.training.trainer import Trainer
 
-    sampler = RSSSampler()
-    rss_start = sampler.now()
     dtype = getattr(jnp, args.dtype)
     model = ptj.from_pretrained(folder, dtype=dtype, param_dtype=dtype)
-    rss_model = sampler.now()
+    rss_model = sampler.now() if sampler else None
     init_prompt = np.load(os.path.join(folder, "init_prompt.npy"))
     prompted = ptj.with_prompt(model, args.prompt_length, init=init_prompt, placement="prefix")
     tx = make_optimizer("adamw", learning_rate=args.lr, weight_decay=args.weight_decay)
@@ -191,6 +190,15 @@ def run_ours(args, folder: str) -> dict:
         "target_mask": np.ones_like(x, np.int32),
         "weight": np.ones((b,), np.float32),
     }
+    return trainer, batch, rss_model
+
+
+def run_ours(args, folder: str) -> dict:
+    import jax
+
+    sampler = RSSSampler()
+    rss_start = sampler.now()
+    trainer, batch, rss_model = ours_trainer(args, folder, sampler)
     dev = jax.devices()[0]
 
     def step():

@@ -63,9 +63,10 @@ def target_token_logprobs(prompted, input_ids: jax.Array, attention_mask: jax.Ar
 
 def _target_logprob(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """log_softmax(logits)[target] without materialising the [..., V] log-probabilities: [...]."""
-    logits = logits.astype(jnp.float32)
-    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
+    with jax.named_scope("loss"):
+        logits = logits.astype(jnp.float32)
+        picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def rank_classification(prompted, input_ids: jax.Array, attention_mask: jax.Array, label_ids: jax.Array,

@@ -215,13 +215,17 @@ class Block(nnx.Module):
         self.mlp = MLP(config, **kw)
 
     def __call__(self, x, bias, keys=None):
-        x = x + self.attn(self.ln_1(x), bias, common.fold(keys, 0))
-        return x + self.mlp(self.ln_2(x), common.fold(keys, 1))
+        with jax.named_scope("attention"):  # scopes name the HLO ops for profiles (benchmarks/profile_step.py)
+            x = x + self.attn(self.ln_1(x), bias, common.fold(keys, 0))
+        with jax.named_scope("mlp"):
+            return x + self.mlp(self.ln_2(x), common.fold(keys, 1))
 
     def cached(self, x, bias, cache, index):
-        a, cache = self.attn.cached(self.ln_1(x), bias, cache, index)
-        x = x + a
-        return x + self.mlp(self.ln_2(x)), cache
+        with jax.named_scope("attention"):
+            a, cache = self.attn.cached(self.ln_1(x), bias, cache, index)
+            x = x + a
+        with jax.named_scope("mlp"):
+            return x + self.mlp(self.ln_2(x)), cache
 
 
 class GPT2(nnx.Module):
@@ -284,8 +288,9 @@ class GPT2(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Tied LM head: [..., H] -> [..., V] in float32."""
-        w = self.wte.weight[...].astype(self.dtype)
-        return jnp.einsum("...h,vh->...v", hidden, w, preferred_element_type=jnp.float32)
+        with jax.named_scope("lm_head"):
+            w = self.wte.weight[...].astype(self.dtype)
+            return jnp.einsum("...h,vh->...v", hidden, w, preferred_element_type=jnp.float32)
 
     def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
                     dropout_rng=None):

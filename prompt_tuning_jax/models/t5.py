@@ -345,16 +345,20 @@ class Block(nnx.Module):
         self.is_decoder = is_decoder
 
     def __call__(self, x, bias, encoder_hidden=None, cross_bias=None, keys=None):
-        x = self.layer[0](x, bias, common.fold(keys, 0))
-        if self.is_decoder:
-            x = self.layer[1](x, encoder_hidden, cross_bias, common.fold(keys, 1))
-        return self.layer[-1](x, common.fold(keys, 2))
+        with jax.named_scope("attention"):  # scopes name the HLO ops for profiles (benchmarks/profile_step.py)
+            x = self.layer[0](x, bias, common.fold(keys, 0))
+            if self.is_decoder:
+                x = self.layer[1](x, encoder_hidden, cross_bias, common.fold(keys, 1))
+        with jax.named_scope("mlp"):
+            return self.layer[-1](x, common.fold(keys, 2))
 
     def cached(self, x, bias, self_kv, cross_kv, cross_bias, index):
         """Decoder block on new positions: -> (x, updated self-attention cache)."""
-        x, self_kv = self.layer[0].cached(x, bias, self_kv, index)
-        x = self.layer[1].cached(x, cross_kv, cross_bias)
-        return self.layer[-1](x), self_kv
+        with jax.named_scope("attention"):
+            x, self_kv = self.layer[0].cached(x, bias, self_kv, index)
+            x = self.layer[1].cached(x, cross_kv, cross_bias)
+        with jax.named_scope("mlp"):
+            return self.layer[-1](x), self_kv
 
 
 class Stack(nnx.Module):
@@ -455,10 +459,11 @@ class T5(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[..., d] -> [..., V] float32, with v1.0's d_model**-0.5 rescale when configured."""
-        if self.config.scale_decoder_outputs:
-            hidden = hidden * self.config.d_model**-0.5
-        w = self.embedding_table if self.config.tie_word_embeddings else self.lm_head.weight[...]
-        return jnp.einsum("...d,vd->...v", hidden, w.astype(self.dtype), preferred_element_type=jnp.float32)
+        with jax.named_scope("lm_head"):
+            if self.config.scale_decoder_outputs:
+                hidden = hidden * self.config.d_model**-0.5
+            w = self.embedding_table if self.config.tie_word_embeddings else self.lm_head.weight[...]
+            return jnp.einsum("...d,vd->...v", hidden, w.astype(self.dtype), preferred_element_type=jnp.float32)
 
     def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
                     dropout_rng=None):

@@ -71,8 +71,9 @@ def _train_step(trainable, opt_state, frozen, batch, step, *, graphdef, tx, obje
         (grads, terms), _ = jax.lax.scan(body, zero, micro)
     denominator = jnp.maximum(terms["denominator"], 1e-9)
     grads = jax.tree.map(lambda g: g / denominator, grads)
-    updates, opt_state = tx.update(grads, opt_state, trainable)
-    trainable = optax.apply_updates(trainable, updates)
+    with jax.named_scope("optimizer"):
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
     metrics = {**terms, "grad_norm": optax.tree.norm(grads)}
     return trainable, opt_state, metrics
 
