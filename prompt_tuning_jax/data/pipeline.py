@@ -177,9 +177,19 @@ def bucket_lengths(max_length: int, step: int = 16, max_buckets: int = 16) -> tu
     return tuple(range(step, max_length, step)) + (max_length,)
 
 
-def _resolve_buckets(buckets, max_length: int) -> tuple[int, ...]:
+def target_bucket_lengths(max_length: int, step: int = 16, max_buckets: int = 16) -> tuple[int, ...]:
+    """Target lengths: powers of two below `step`, then `bucket_lengths`: 8 -> (1, 2, 4, 8).
+
+    Targets are mostly a label word or two; padding a one-token label to 8 would run the
+    LM head (a [H, V] matmul per position) eight times for every example.
+    """
+    small = tuple(2**k for k in range(step.bit_length()) if 2**k < min(step, max_length))
+    return small + bucket_lengths(max_length, step, max_buckets)
+
+
+def _resolve_buckets(buckets, max_length: int, targets: bool = False) -> tuple[int, ...]:
     if buckets is True:
-        return bucket_lengths(max_length)
+        return target_bucket_lengths(max_length) if targets else bucket_lengths(max_length)
     if buckets is False or buckets is None:
         return (max_length,)
     out = tuple(sorted(int(b) for b in buckets))
@@ -205,8 +215,8 @@ class Batcher:
     tokenized: all examples (every host holds them all); task_index: [N] int32.
     batch_size: the global batch size, divisible by process_count.
     padding_side: "right" (text, pads) or "left" (pads, text) for inputs.
-    buckets: True (`bucket_lengths`: multiples of 16, at most 16 lengths), False (max only) or
-      explicit lengths.
+    buckets: True (`bucket_lengths`: multiples of 16, at most 16 lengths; targets also 1, 2, 4, 8:
+      `target_bucket_lengths`), False (max only) or explicit lengths.
     Counts what it built: `real_tokens` / `positions` (this host's input and target tokens and the
     positions they were padded to) and `shapes`, the distinct (inputs, targets) lengths (one
     compilation of a step each).
@@ -228,7 +238,7 @@ class Batcher:
                            else np.asarray(task_index, np.int32))
         self.input_buckets = _resolve_buckets(buckets, tokenized.max_input_length)
         self.target_buckets = _resolve_buckets(buckets if target_buckets is None else target_buckets,
-                                               tokenized.max_target_length)
+                                               tokenized.max_target_length, targets=True)
         self.real_tokens, self.positions, self.shapes = 0, 0, set()
 
     @property

@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 
 from prompt_tuning_jax.data import get_task, pipeline, shared_data_dir
 from prompt_tuning_jax.data.pipeline import (EvalIterator, Prefetch, Tokenized, TrainIterator, bucket_lengths,
+                                             target_bucket_lengths,
                                              measure_throughput, tokenize, tokenize_task)
 
 SHARED = shared_data_dir()
@@ -132,6 +133,18 @@ def test_bucket_lengths_and_batch_shapes():
     assert {t for t, _ in it.batcher.shapes} <= set(buckets)  # a jitted step compiles at most once per bucket
     fixed = next(iter(EvalIterator(tok, 4, buckets=False, **ONE_HOST)))
     assert fixed["input_ids"].shape == (4, 100)
+
+
+def test_targets_get_small_buckets_so_a_label_word_is_not_padded_to_eight():
+    assert target_bucket_lengths(8) == (1, 2, 4, 8)
+    assert target_bucket_lengths(1) == (1,)
+    assert target_bucket_lengths(20) == (1, 2, 4, 8, 16, 20)
+    assert target_bucket_lengths(128)[:5] == (1, 2, 4, 8, 16) and target_bucket_lengths(128)[-1] == 128
+    tok = synthetic(40)  # two-token targets, max_target_length 4
+    for it in (EvalIterator(tok, 8, **ONE_HOST), TrainIterator(tok, 8, seed=0, **ONE_HOST)):
+        batch = next(iter(it))
+        assert batch["target_ids"].shape[1] == 2  # the longest target, not TASK_FEATURE_LENGTHS['targets']
+        assert batch["target_mask"].sum(1).max() == 2
 
 
 def test_eval_batches_sorted_by_length_pad_less_and_cover_every_example():
