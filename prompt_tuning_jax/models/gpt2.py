@@ -142,7 +142,7 @@ class Conv1D(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
-        return x @ self.weight[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+        return common.dense(x.astype(self.dtype), self.weight[...]) + self.bias[...].astype(self.dtype)
 
 
 class Attention(nnx.Module):
@@ -289,8 +289,7 @@ class GPT2(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Tied LM head: [..., H] -> [..., V] in float32."""
         with jax.named_scope("lm_head"):
-            w = self.wte.weight[...].astype(self.dtype)
-            return jnp.einsum("...h,vh->...v", hidden, w, preferred_element_type=jnp.float32)
+            return common.dense(hidden.astype(self.dtype), self.wte.weight[...], out_in=True, out_dtype=jnp.float32)
 
     def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
                     dropout_rng=None):

@@ -194,7 +194,7 @@ class Linear(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
-        return jnp.einsum("...i,oi->...o", x, self.weight[...].astype(self.dtype))
+        return common.dense(x.astype(self.dtype), self.weight[...], out_in=True)
 
 
 class LayerNorm(nnx.Module):
@@ -463,7 +463,7 @@ class T5(nnx.Module):
             if self.config.scale_decoder_outputs:
                 hidden = hidden * self.config.d_model**-0.5
             w = self.embedding_table if self.config.tie_word_embeddings else self.lm_head.weight[...]
-            return jnp.einsum("...d,vd->...v", hidden, w.astype(self.dtype), preferred_element_type=jnp.float32)
+            return common.dense(hidden.astype(self.dtype), w, out_in=True, out_dtype=jnp.float32)
 
     def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
                     dropout_rng=None):
