@@ -36,14 +36,18 @@ def _median_seconds(run, warmup: int, repeats: int) -> float:
 
 
 def jax_matmul_peak(n: int = 2048, dtype: str = "float32", warmup: int = 2, repeats: int = 10) -> float:
-    """FLOP/s of one jitted [n, n] @ [n, n] matmul under XLA on the default device: 2 n^3 / median time."""
+    """FLOP/s of one jitted [n, n] @ [n, n] matmul under XLA on the default device: 2 n^3 / median time.
+
+    Narrower dtypes (bfloat16) sum in float32, as the models' matmuls do (`models.common.dense`):
+    on CPUs with AVX512-BF16 that is the fast path, and a bfloat16-summed matmul is not.
+    """
     import jax
     import jax.numpy as jnp
 
     key_a, key_b = jax.random.split(jax.random.key(0))
     a = jax.random.normal(key_a, (n, n), getattr(jnp, dtype))
     b = jax.random.normal(key_b, (n, n), getattr(jnp, dtype))
-    matmul = jax.jit(jnp.matmul)
+    matmul = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(a.dtype))
     seconds = _median_seconds(lambda: matmul(a, b).block_until_ready(), warmup, repeats)
     return 2.0 * n**3 / seconds
 
