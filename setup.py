@@ -57,6 +57,7 @@ setup(
             "ptj-eval=prompt_tuning_jax.eval:console_main",
             "ptj-infer=prompt_tuning_jax.infer:console_main",
             "ptj-info=prompt_tuning_jax.info:console_main",
+            "ptj-sweep=prompt_tuning_jax.sweep:console_main",
         ]
     },
 )

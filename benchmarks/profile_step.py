@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py [--model gpt2] [--n_layer N] [--batch 8] [--length 128]
                                       [--prompt_length 20] [--steps 3] [--dtype float32|bfloat16]
-                                      [--trace_dir DIR]
+                                      [--top N] [--trace_dir DIR]
 
 The step is `benchmarks/train_step.py`'s (ours: a prefix prompt on a random-weight
 GPT-2, AdamW, the LM loss on L tokens, the same batch). It is run under
@@ -40,13 +40,13 @@ import train_step  # benchmarks/train_step.py (this script's folder is on sys.pa
 PARTS = ("attention", "mlp", "lm_head", "loss", "optimizer")
 
 
-def op_scopes(hlo_text: str) -> dict[str, str]:
-    """Compiled HLO text -> {instruction name: part} from each instruction's metadata op_name."""
-    scopes = {}
+def op_names(hlo_text: str) -> dict[str, str]:
+    """Compiled HLO text -> {instruction name: the JAX name stack in its metadata op_name}."""
+    names = {}
     for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{([^}]*)\}", hlo_text, flags=re.MULTILINE):
         op_name = re.search(r'op_name="([^"]*)"', m.group(2))
-        scopes[m.group(1)] = part_of(op_name.group(1) if op_name else "")
-    return scopes
+        names[m.group(1)] = op_name.group(1) if op_name else ""
+    return names
 
 
 def part_of(op_name: str) -> str:
@@ -90,7 +90,7 @@ def profile(args) -> None:
                                        trainer.state.put_batch(batch), np.int32(0)).compile()
         hlo = compiled.as_text()
         module = re.search(r"^HloModule ([\w.\-]+)", hlo, flags=re.MULTILINE).group(1)
-        scopes = op_scopes(hlo)
+        names = op_names(hlo)
 
         def step():
             metrics = trainer.train_step(batch)
@@ -106,15 +106,16 @@ def profile(args) -> None:
                 step()
                 walls.append(time.perf_counter() - t0)
         events = thunk_events(trace_dir, module)
-    report(args, walls, events, scopes, trace_dir)
+    report(args, walls, events, names, trace_dir)
 
 
-def report(args, walls, events, scopes, trace_dir) -> None:
+def report(args, walls, events, names, trace_dir) -> None:
     if not events:
         raise SystemExit(f"no thunk events of the step's program in {trace_dir} (is this XLA:CPU?)")
-    per_part = defaultdict(float)
+    per_part, per_op = defaultdict(float), defaultdict(float)
     for s, e, op in events:
-        per_part[scopes.get(op, "other")] += e - s
+        per_part[part_of(names.get(op, ""))] += e - s
+        per_op[op] += e - s
     summed = sum(per_part.values())
     wall = float(np.sum(walls)) * 1e9
     busy = busy_ns(events)
@@ -128,6 +129,10 @@ def report(args, walls, events, scopes, trace_dir) -> None:
         print(f"{part:<12}{ms:>10.1f}{100 * ms * 1e6 * n / wall:>10.1f}%")
     host = max(wall - busy, 0.0)
     print(f"{'host':<12}{host / n / 1e6:>10.1f}{100 * host / wall:>10.1f}%   (dispatch, put_batch, gaps)")
+    if args.top:
+        print(f"the {args.top} most expensive instructions (ms/step, part, HLO name, JAX name stack):")
+        for op, ns in sorted(per_op.items(), key=lambda kv: -kv[1])[:args.top]:
+            print(f"  {ns / n / 1e6:8.1f}  {part_of(names.get(op, '')):<10} {op:<28} {names.get(op, '')[-110:]}")
     print(f"trace: {trace_dir} (open with TensorBoard's profile plugin or xprof)")
 
 
@@ -143,6 +148,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--lr", type=float, default=0.03)
     p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--top", type=int, default=0, help="also list the N most expensive HLO instructions")
     p.add_argument("--trace_dir", default=None, help="keep the trace here (default: a new temporary folder)")
     profile(p.parse_args(argv))
 

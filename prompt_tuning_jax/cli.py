@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import gin
 
 from prompt_tuning_jax import experiments
-from prompt_tuning_jax.experiments import demo_model
+from prompt_tuning_jax.experiments import demo_model, sweeps
 from prompt_tuning_jax.models import hub_id
 from prompt_tuning_jax.pretrained_prompts import released_prompt
 from prompt_tuning_jax.training import distributed, optim
@@ -34,7 +34,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 CONFIG_DIR = os.path.join(PACKAGE_DIR, "configs")
 CONFIGURABLES = (experiments.ModelSpec, experiments.PromptSpec, experiments.DataSpec, experiments.TrainSpec,
                  experiments.DecodeSpec, experiments.train, experiments.evaluate, experiments.infer,
-                 optim.make_optimizer, demo_model.demo_checkpoint, hub_id, released_prompt)
+                 optim.make_optimizer, demo_model.demo_checkpoint, hub_id, released_prompt, sweeps.Sweep)
 _registered: set[str] = set()
 _search_paths_added: set[str] = set()
 

@@ -10,11 +10,13 @@ same call again resumes from the latest checkpoint.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Sequence
 
 import jax
+import numpy as np
 
 from prompt_tuning_jax import files
 from prompt_tuning_jax.data import TrainIterator
@@ -43,7 +45,8 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
                       accum_steps=schedule.accum_steps, seed=data.seed)  # SEED: data order and dropout masks
     if jax.process_index() == 0:
         files.makedirs(model_dir)
-    hooks = standard_hooks(model_dir, evaluate=_evaluator(tasks, loaded, data, schedule, model.padding_side),
+    evaluate, majority_rate = _evaluator(tasks, loaded, data, schedule, model.padding_side)
+    hooks = standard_hooks(model_dir, evaluate=evaluate,
                            eval_every=schedule.eval_every, checkpoint_every=schedule.checkpoint_every,
                            keep=schedule.keep, log_every=schedule.log_every, progress=schedule.progress)
     batches = _train_batches(tasks, loaded, data, model.padding_side)
@@ -54,7 +57,19 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
                    batch_shapes=len(batches.batcher.shapes))
     logger.info("training batches: %.1f%% padding, %d shapes (one compilation each)",
                 100 * summary["padding_fraction"], summary["batch_shapes"])
+    summary.update(trainable_params=int(sum(np.size(x) for x in jax.tree.leaves(trainer.trainable))),
+                   majority_rate=majority_rate, placement=prompt.placement, prompt_length=prompt.length)
+    if jax.process_index() == 0 and not summary.get("preempted"):
+        _write_summary(model_dir, summary)
     return summary
+
+
+def _write_summary(model_dir: str, summary: dict) -> None:
+    """summary.json: what a sweep reads of a finished run (steps, metrics, trainable parameters, ...)."""
+    keep = ("step", "eval", "best", "trainable_params", "placement", "prompt_length", "majority_rate",
+            "padding_fraction", "batch_shapes")
+    files.atomic_write(os.path.join(model_dir, "summary.json"),
+                       json.dumps({k: summary.get(k) for k in keep}, indent=2, default=float))
 
 
 def _train_batches(tasks, loaded, data: DataSpec, padding_side: str) -> TrainIterator:
@@ -64,7 +79,8 @@ def _train_batches(tasks, loaded, data: DataSpec, padding_side: str) -> TrainIte
 
 
 def _evaluator(tasks, loaded, data: DataSpec, schedule: TrainSpec, padding_side: str):
-    """evaluate(trainer) -> metrics on the eval split of every task of the mixture (None: nothing to evaluate).
+    """(evaluate(trainer) -> metrics on the eval split of every task of the mixture, the first task's
+    majority-class rate); (None, None) when there is nothing to evaluate.
 
     Scored as `schedule.eval_scoring` says (see `experiments.scoring`). With several
     tasks, metric names get the task's name: 'rte/accuracy'.
@@ -77,7 +93,7 @@ def _evaluator(tasks, loaded, data: DataSpec, schedule: TrainSpec, padding_side:
         scorers.append((task, TaskScorer(loaded, task, tok, data, scoring=schedule.eval_scoring,
                                          padding_side=padding_side, task_index=k)))
     if not scorers:
-        return None
+        return None, None
 
     def evaluate(trainer) -> dict[str, float]:
         results = [(task, scorer()[0]) for task, scorer in scorers]
@@ -85,4 +101,12 @@ def _evaluator(tasks, loaded, data: DataSpec, schedule: TrainSpec, padding_side:
             return results[0][1]
         return {f"{t.name}/{k}": v for t, metrics in results for k, v in metrics.items()}
 
-    return evaluate
+    return evaluate, _majority_rate(scorers[0][1].tokenized)
+
+
+def _majority_rate(tokenized) -> float | None:
+    """The share of the eval examples in their most common class (None when labels are not classes)."""
+    labels = np.asarray(tokenized.label)
+    if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        return None
+    return float(np.bincount(labels).max() / labels.size)

@@ -1,0 +1,31 @@
+"""`python -m prompt_tuning_jax.sweep --gin_file=sweeps/<name>.gin --gin.SWEEP_DIR="'<dir>'"`: run a grid of runs.
+
+The sweep file binds `ptj.Sweep` (see `experiments/sweeps.py`); every cell is a
+`python -m prompt_tuning_jax.train` run of its own. `--gin.SWEEP_PARALLEL=N` runs
+N cells at once. Rerunning the command skips finished cells and rebuilds the
+results.
+"""
+import sys
+
+from prompt_tuning_jax import cli
+from prompt_tuning_jax.experiments import sweeps
+
+
+def run() -> None:
+    sweep = cli.configured(sweeps.Sweep)()
+    rows = sweeps.run(sweep)
+    failed = [r for r in rows if r["status"] != "done"]
+    degenerate = sum(1 for r in rows if r["degenerate"])
+    print(f"sweep: {len(rows) - len(failed)} of {len(rows)} runs finished, {degenerate} degenerate; "
+          f"{sweep.sweep_dir}/results.csv, table.md, plots/")
+    if failed:
+        raise RuntimeError(f"{len(failed)} runs did not finish (first: {failed[0]['model_dir']}/sweep.log); "
+                           "rerun the same command to retry them")
+
+
+def console_main():
+    sys.exit(cli.main(run, "Run a sweep of training runs (gin-configured)."))
+
+
+if __name__ == "__main__":
+    console_main()

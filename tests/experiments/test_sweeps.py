@@ -1,0 +1,85 @@
+"""Sweeps: the grid, degenerate runs, the table, and a real two-cell sweep that resumes without rerunning."""
+import csv
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from prompt_tuning_jax.experiments import sweep_report, sweeps
+from prompt_tuning_jax.experiments.sweeps import Sweep, is_degenerate
+
+
+def _sweep(tmp_path, **kw):
+    args = dict(sweep_dir=str(tmp_path), gin_files=["runs/demo.gin"],
+                methods={"prefix": {"PROMPT_PLACEMENT": "'prefix'"}, "suffix": {}})
+    return Sweep(**{**args, **kw})
+
+
+def test_cells_are_the_product_of_the_axes_and_a_method_wins_over_shared_bindings(tmp_path):
+    sweep = _sweep(tmp_path, models={"a": {"X": "1"}, "b": {"X": "2"}}, prompt_lengths=[1, 5], seeds=[0, 1, 2],
+                   bindings={"TRAIN_STEPS": "3", "PROMPT_PLACEMENT": "'suffix'"})
+    cells = sweep.cells()
+    assert len(cells) == 2 * 2 * 2 * 3 and len({c.name for c in cells}) == len(cells)
+    prefix = [c for c in cells if c.method == "prefix"][0]
+    assert prefix.bindings["PROMPT_PLACEMENT"] == "'prefix'" and prefix.bindings["TRAIN_STEPS"] == "3"
+    command = sweep.command(prefix)
+    assert command[:3] == [sys.executable, "-m", "prompt_tuning_jax.train"]
+    assert f"--gin.MODEL_DIR={sweep.run_dir(prefix)!r}" in command
+    assert f"--gin.PROMPT_LENGTH={prefix.prompt_length}" in command and f"--gin.SEED={prefix.seed}" in command
+
+
+def test_an_empty_axis_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="ptj.Sweep.seeds is empty"):
+        _sweep(tmp_path, seeds=[])
+
+
+def test_degenerate_means_nan_or_stuck_at_the_majority_class():
+    assert is_degenerate(49.08, 0.69, 0.4908)  # seed 002's bad runs: SST-2's majority class
+    assert is_degenerate(50.2, 0.7, 0.502) and not is_degenerate(53.0, 0.7, 0.502)
+    assert is_degenerate(math.nan, 0.7, 0.5) and is_degenerate(90.0, math.nan, 0.5)
+    assert not is_degenerate(None, None, 0.5) and not is_degenerate(50.0, 0.1, None)
+
+
+def _row(method, model, seed, value, degenerate=False, length=5):
+    return {"method": method, "model": model, "task": "sst2", "prompt_length": length, "seed": seed,
+            "value": value, "degenerate": degenerate, "model_dir": "/nowhere"}
+
+
+def test_table_is_mean_and_std_over_seeds_without_degenerate_runs():
+    rows = [_row("prefix", "gpt2", 0, 90.0), _row("prefix", "gpt2", 1, 92.0), _row("prefix", "gpt2", 2, 49.1, True),
+            _row("suffix", "gpt2", 0, 80.0), _row("suffix", "gpt2-medium", 0, 85.0), _row("suffix", "gpt2-medium", 1, 87.0)]
+    table = sweep_report.markdown_table(rows, "accuracy")
+    assert "| model | prefix | suffix |" in table
+    assert "| gpt2 | 91.00 ± 1.41 (2) [1 degenerate] | 80.00 ± 0.00 (1) |" in table
+    assert "| gpt2-medium | - | 86.00 ± 1.41 (2) |" in table
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_every_cell_writes_results_table_plots_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = _sweep(tmp_path / "sweep", seeds=[0], prompt_lengths=[4],
+                   bindings={"TRAIN_STEPS": "4", "EVAL_PERIOD": "2", "CHECKPOINT_PERIOD": "4"})
+    logs = []
+    rows = sweeps.run(sweep, log=logs.append)
+    assert [r["status"] for r in rows] == ["done", "done"], open(os.path.join(rows[0]["model_dir"], "sweep.log")).read()
+    with open(tmp_path / "sweep" / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 2 and set(sweeps.RESULT_COLUMNS) <= set(table[0])
+    for row in table:  # every row agrees with its own run's files
+        best = json.load(open(os.path.join(row["model_dir"], "best.json")))
+        summary = json.load(open(os.path.join(row["model_dir"], "summary.json")))
+        assert float(row["value"]) == best["value"] and int(row["best_step"]) == best["step"]
+        assert int(row["trainable_params"]) == summary["trainable_params"] > 4 * 16  # prompt [4, H] and a head
+        assert row["placement"] == {"prefix": "prefix", "suffix": "suffix"}[row["method"]]
+        assert float(row["examples_per_s"]) > 0 and float(row["wall_s"]) > 0
+    assert "±" in (tmp_path / "sweep" / "table.md").read_text()
+    for name in ("metric_vs_model.png", "metric_vs_prompt_length.png", "learning_curves.png"):
+        assert (tmp_path / "sweep" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = [os.path.getmtime(os.path.join(r["model_dir"], sweeps.DONE)) for r in rows]
+    logs.clear()
+    again = sweeps.run(sweep, log=logs.append)
+    assert "2 finished before, 0 to run" in logs[0] and len(logs) == 1  # nothing ran
+    assert [os.path.getmtime(os.path.join(r["model_dir"], sweeps.DONE)) for r in again] == done
+    assert [r["value"] for r in again] == [r["value"] for r in rows]
