@@ -58,6 +58,7 @@ setup(
             "ptj-infer=prompt_tuning_jax.infer:console_main",
             "ptj-info=prompt_tuning_jax.info:console_main",
             "ptj-sweep=prompt_tuning_jax.sweep:console_main",
+            "ptj-inspect=prompt_tuning_jax.inspect:main",
         ]
     },
 )

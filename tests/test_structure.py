@@ -16,7 +16,7 @@ LAYERS = {
     "training": 4,
     "experiments": 5,
     "cli": 6, "info": 6, "find_module": 6, "extract_variable": 6,
-    "train": 7, "eval": 7, "infer": 7, "sweep": 7,
+    "train": 7, "eval": 7, "infer": 7, "sweep": 7, "inspect": 7,
 }
 MAX_FUNCTION_LINES = 60
 
