@@ -16,6 +16,7 @@ Multi-host: on TPU VMs `jax.distributed` starts by itself; elsewhere pass
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import re
@@ -78,12 +79,26 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
         if os.path.abspath(folder) not in _search_paths_added:
             gin.add_config_file_search_path(os.path.abspath(folder))
             _search_paths_added.add(os.path.abspath(folder))
-    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
+    gin.parse_config_files_and_bindings(resolved, [], finalize_config=False)
+    check_bindings_used(bindings, gin.config_str())
+    gin.parse_config(list(bindings))
     missing = re.findall(r"^([A-Za-z_]\w*) = %gin\.REQUIRED$", gin.config_str(), flags=re.MULTILINE)
     if missing:
         raise ValueError("required gin macros not set: " + ", ".join(sorted(missing)) + " (pass "
                          + " ".join(f"--gin.{m}=..." for m in sorted(missing)) + ")")
 
+
+
+def check_bindings_used(bindings: Sequence[str], config: str) -> None:
+    """A `--gin.NAME=...` macro binding must name a macro the loaded files use (`%NAME`), or it would be
+    silently ignored: ValueError with the closest macro names."""
+    used = set(re.findall(r"%([A-Za-z_]\w*)", config + "\n" + "\n".join(bindings)))
+    for binding in bindings:
+        name = binding.split("=", 1)[0].strip()
+        if re.fullmatch(r"[A-Za-z_]\w*", name) and name not in used:
+            close = difflib.get_close_matches(name, sorted(used), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else f" (they use: {', '.join(sorted(used))})"
+            raise ValueError(f"--gin.{name}: no loaded gin file uses the macro {name}, so it would do nothing{hint}")
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -135,8 +150,10 @@ def main(entry: Callable[[], None], description: str, argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     # gin logs an error for every search path an `include` is not in; only a real miss matters.
+    # orbax logs a damaged checkpoint's parse error itself; the fallback's warning says it in one line.
+    noise = ("Path not found", "Failed to json parse")
     for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda r: not str(r.msg).startswith("Path not found"))
+        handler.addFilter(lambda r: not str(r.msg).startswith(noise))
     try:
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                                heartbeat_timeout_s=args.heartbeat_timeout)
@@ -158,8 +175,13 @@ def main(entry: Callable[[], None], description: str, argv=None) -> int:
     return 0
 
 
+GIN_WRAPPER = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
+
+
 def _one_line(e: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip()
+    """The exception's message on one line, without gin's "In call to configurable ..." and file context."""
+    message = re.sub(r"\s+in scope '[^']*'\s*$", "", GIN_WRAPPER.sub("", str(e)))
+    text = " ".join(line.strip() for line in message.strip().splitlines() if line.strip()
                     and not line.strip().startswith("In file") and not line.strip().startswith("^"))
     text = text or type(e).__name__
     return text if len(text) < 600 else text[:600] + "..."

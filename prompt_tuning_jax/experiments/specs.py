@@ -42,6 +42,15 @@ def _dtype(name):
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}") from None
 
 
+def check_count(value, name: str, minimum: int = 1, allow_none: bool = False) -> None:
+    """An integer setting >= minimum, or a ValueError naming the gin macro (`name`) and how to set it."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        flag = name[name.index("(") + 1:-1] if "(" in name else name  # 'x (ptj.Spec.x)' -> ptj.Spec.x
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} (set --gin.{flag}=N)")
+
+
 @dataclasses.dataclass
 class ModelSpec:
     """The frozen model: a hub id or Hugging Face folder (`INITIAL_CHECKPOINT_PATH`) and how to run it.
@@ -103,6 +112,17 @@ class PromptSpec:
     before_eos: bool = False
     num_tasks: int = 1
     seed: int = 0
+
+    def __post_init__(self):
+        check_count(self.length, "PROMPT_LENGTH")
+        check_count(self.num_tasks, "num_tasks (ptj.PromptSpec.num_tasks)")
+        if self.placement not in ("prefix", "suffix"):
+            raise ValueError(f"PROMPT_PLACEMENT must be 'prefix' or 'suffix', got {self.placement!r}")
+        if self.head not in (None, "linear"):
+            raise ValueError(f"the prompt's head must be None (the LM head) or 'linear', got {self.head!r} "
+                             "(ptj.PromptSpec.head)")
+        if self.init not in INIT_KINDS:
+            raise ValueError(f"unknown prompt init {self.init!r} (ptj.PromptSpec.init); use one of {INIT_KINDS}")
 
     def initializer(self, model, tokenizer):
         from prompt_tuning_jax.prompts import initializers as inits
@@ -189,10 +209,25 @@ class DataSpec:
 
     def __post_init__(self):
         lengths = self.feature_lengths
+        example = "{'inputs': 128, 'targets': 8}"
         if not isinstance(lengths, Mapping) or "inputs" not in lengths:
-            raise ValueError(f"TASK_FEATURE_LENGTHS must be a dict like {{'inputs': 128, 'targets': 8}}, "
-                             f"got {lengths!r}")
+            raise ValueError(f"TASK_FEATURE_LENGTHS must be a dict like {example}, got {lengths!r}")
+        unknown = sorted(set(lengths) - {"inputs", "targets"})
+        if unknown:
+            raise ValueError(f"TASK_FEATURE_LENGTHS has unknown keys {unknown}; it takes 'inputs' and 'targets', "
+                             f"like {example}")
+        for key, value in lengths.items():
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"TASK_FEATURE_LENGTHS['{key}'] must be a positive number of tokens, got {value!r} "
+                                 f"(e.g. --gin.TASK_FEATURE_LENGTHS=\"{example}\")")
         self.feature_lengths = {"targets": 8, **lengths}
+        check_count(self.batch_size, "BATCH_SIZE")
+        check_count(self.eval_batch_size, "eval_batch_size (ptj.DataSpec.eval_batch_size)", allow_none=True)
+        check_count(self.eval_limit, "eval_limit (ptj.DataSpec.eval_limit)", allow_none=True)
+        check_count(self.group_by_length, "group_by_length (ptj.DataSpec.group_by_length)", minimum=0)
+        check_count(self.prefetch, "prefetch (ptj.DataSpec.prefetch)", minimum=0)
+        if self.truncate not in ("right", "left", "error"):
+            raise ValueError(f"truncate must be 'right', 'left' or 'error', got {self.truncate!r}")
 
     @property
     def task_names(self) -> list[str]:
@@ -226,3 +261,13 @@ class TrainSpec:
     accum_steps: int = 1
     progress: bool = True
     eval_scoring: str = "generate"
+
+    def __post_init__(self):
+        check_count(self.steps, "TRAIN_STEPS")
+        check_count(self.eval_every, "EVAL_PERIOD", minimum=0)
+        check_count(self.checkpoint_every, "CHECKPOINT_PERIOD", minimum=0)
+        check_count(self.keep, "KEEP_CHECKPOINTS", allow_none=True)
+        check_count(self.log_every, "log_every (ptj.TrainSpec.log_every)")
+        check_count(self.accum_steps, "ACCUM_STEPS")
+        if self.eval_scoring not in ("generate", "rank"):
+            raise ValueError(f"EVAL_SCORING must be 'generate' or 'rank', got {self.eval_scoring!r}")

@@ -36,6 +36,8 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
     """Trains on `data.task` (a list of names: a mixture, one prompt per task) -> fit()'s summary plus
     {'prompt_file', 'model_dir', 'prompt'}. optimizer: an optax transformation (default: the paper's Adafactor).
     """
+    if files.exists(model_dir) and not files.is_dir(model_dir):
+        raise ValueError(f"MODEL_DIR {model_dir} is a file; give a folder (a new one, or a run's to resume it)")
     tasks = data.tasks()
     if not tasks:
         raise ValueError("train() needs a task: set MIXTURE_OR_TASK_NAME")

@@ -8,15 +8,26 @@ Every save also exports the prompt as `prompts/prompt_<step>.npy` (and
 """
 from __future__ import annotations
 
+import io
+import logging
 import os
+import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from prompt_tuning_jax import files
 from prompt_tuning_jax.partitioning import host_value
 from prompt_tuning_jax.prompts.io import save_prompt
+
+
+logger = logging.getLogger(__name__)
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint folder that cannot be read back (partial write, damaged files)."""
 
 
 class Checkpointer:
@@ -50,23 +61,72 @@ class Checkpointer:
     def restore(self, trainable_like, opt_state_like, step: int | None = None):
         """-> (trainable, opt_state, meta) from `step` (default: latest), placed like the given templates."""
         step = self.latest_step() if step is None else step
+        self.check_prompt_shape(step, trainable_like)
         abstract = lambda tree: jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
+        restored = self._restore(step, ocp.args.Composite(
             trainable=ocp.args.StandardRestore(abstract(trainable_like)),
             opt_state=ocp.args.StandardRestore(abstract(opt_state_like)),
             meta=ocp.args.JsonRestore()))
         return restored["trainable"], restored["opt_state"], dict(restored["meta"])
+
+    def _restore(self, step: int, args):
+        try:
+            return self.manager.restore(step, args=args)
+        except Exception as e:  # orbax and tensorstore errors are long and name no setting
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DamagedCheckpoint(f"the checkpoint of step {step} in {self.directory}/checkpoints cannot be read "
+                             f"({first[:300]}); it was written by another run setup or is damaged: use a new "
+                             "MODEL_DIR, or move that step's folder away to resume from an older one") from e
+
+    def check_prompt_shape(self, step: int | None, trainable_like) -> None:
+        """The prompt exported with checkpoint `step` must have this run's prompt shape (PROMPT_LENGTH, width)."""
+        path = os.path.join(self.directory, "prompts", f"prompt_{step}.npy")
+        if step is None or "soft_prompt" not in trainable_like or not files.exists(path):
+            return
+        saved = np.load(io.BytesIO(files.read_bytes(path)), allow_pickle=False).shape
+        wanted = tuple(trainable_like["soft_prompt"].shape)
+        if saved != wanted:
+            raise ValueError(f"MODEL_DIR {self.directory} holds a run whose prompt has shape {saved}, but this "
+                             f"run's prompt has shape {wanted} (PROMPT_LENGTH {wanted[-2]}, width {wanted[-1]}): "
+                             f"resume with PROMPT_LENGTH={saved[-2]} and the same model, or use a new MODEL_DIR")
+
+    def restore_newest_intact(self, trainable_like, opt_state_like):
+        """`restore` of the newest checkpoint that reads back. Damaged newer ones are moved, not deleted, to
+        `checkpoints_damaged/` (so that saving that step again works) and the run says so."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                restored = self.restore(trainable_like, opt_state_like, step)
+            except DamagedCheckpoint as e:
+                logger.warning("checkpoint step %d in %s/checkpoints is damaged (%s): set aside in "
+                               "checkpoints_damaged/", step, self.directory, e.__cause__ or e)
+                self._set_aside(step)
+                continue
+            if step != steps[0]:
+                logger.warning("resuming from step %d, the newest intact checkpoint in %s/checkpoints (newer ones "
+                               "are in checkpoints_damaged/)", step, self.directory)
+            return restored
+        raise DamagedCheckpoint(f"no checkpoint in {self.directory}/checkpoints can be read (steps {steps}, now "
+                                f"in checkpoints_damaged/): use a new MODEL_DIR to start over")
+
+    def _set_aside(self, step: int) -> None:
+        source = os.path.join(self.directory, "checkpoints", str(step))
+        target = os.path.join(self.directory, "checkpoints_damaged", f"{step}-{int(time.time())}")
+        if jax.process_index() == 0 and "://" not in source:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(source, target)
+        self.manager.reload()
 
     def restore_trainable(self, trainable_like, step: int | None = None):
         """Only the trainable state (prompt and head) of `step` (default: latest), e.g. for evaluation."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}/checkpoints")
+        self.check_prompt_shape(step, trainable_like)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                 trainable_like)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            trainable=ocp.args.StandardRestore(abstract)))
+        restored = self._restore(step, ocp.args.Composite(trainable=ocp.args.StandardRestore(abstract)))
         return restored["trainable"]
 
     def close(self):

@@ -77,11 +77,12 @@ class Hook:
 
 
 def resume(trainer, batches, checkpointer) -> dict:
-    """Restores the trainer (prompt, head, optimizer, step) and the data position from the latest
-    checkpoint, if there is one; returns the checkpoint's meta ({} for a fresh run)."""
+    """Restores the trainer (prompt, head, optimizer, step) and the data position from the newest
+    intact checkpoint, if there is one; returns the checkpoint's meta ({} for a fresh run)."""
     if checkpointer is None or checkpointer.latest_step() is None:
         return {}
-    trainer.trainable, trainer.opt_state, meta = checkpointer.restore(trainer.trainable, trainer.opt_state)
+    trainer.trainable, trainer.opt_state, meta = checkpointer.restore_newest_intact(trainer.trainable,
+                                                                                    trainer.opt_state)
     trainer.step = int(meta["step"])
     if meta.get("data") is not None and hasattr(batches, "restore"):
         batches.restore(meta["data"])

@@ -47,9 +47,18 @@ def capture_decoding(spec=None):
     return spec
 
 
+def parse(files, bindings=()):
+    """cli.parse_gin with the REQUIRED macros these files use (a binding of an unused macro is refused)."""
+    cli.register_configurables()
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([cli.find_gin_file(f) for f in files], [], finalize_config=False)
+    used = gin.config_str()
+    cli.parse_gin(files, [b for b in REQUIRED if f"%{b.split('=')[0]}" in used] + list(bindings))
+
+
 def build(files, bindings=()):
     """Parses `files` and evaluates the run-level macros into objects (no weights are loaded)."""
-    cli.parse_gin(files, list(REQUIRED) + list(bindings))
+    parse(files, bindings)
     gin.parse_config(["capture.model = %MODEL", "capture.prompt = %PROMPT", "capture.optimizer = %OPTIMIZER",
                       "capture.mesh_shape = %MESH_SHAPE", "capture.accum = %ACCUM_STEPS"])
     try:
@@ -130,8 +139,7 @@ def test_an_explicit_checkpoint_path_beats_the_size():
 
 
 def test_paper_defaults_for_t5():
-    cli.parse_gin(["models/t5_1_1_lm100k_base.gin", "prompts/from_class_labels.gin", "runs/prompt_finetune.gin"],
-                  REQUIRED)
+    parse(["models/t5_1_1_lm100k_base.gin", "prompts/from_class_labels.gin", "runs/prompt_finetune.gin"])
     try:
         assert gin.query_parameter("ptj.make_optimizer.name") == "adafactor"
         assert gin.query_parameter("ptj.make_optimizer.learning_rate") == 0.3
@@ -164,7 +172,7 @@ def test_runtime_overrides_model_defaults_even_with_runs_last(runtime_file):
 
 @pytest.mark.parametrize("decoding_file", DECODING)
 def test_decoding_files_build_a_decode_spec_for_infer(decoding_file):
-    cli.parse_gin(["models/gpt2.gin", "prompts/random.gin", decoding_file, "runs/prompt_infer.gin"], REQUIRED)
+    parse(["models/gpt2.gin", "prompts/random.gin", decoding_file, "runs/prompt_infer.gin"])
     gin.parse_config(["capture_decoding.spec = %DECODING"])
     try:
         spec = capture_decoding()
@@ -181,7 +189,7 @@ def test_decoding_files_build_a_decode_spec_for_infer(decoding_file):
     ("runs/prompt_infer.gin", experiments.infer, "ptj.infer"),
 ])
 def test_run_files_bind_every_required_argument(run_file, fn, name):
-    cli.parse_gin(["models/gpt2.gin", "prompts/from_class_labels.gin", run_file], REQUIRED)
+    parse(["models/gpt2.gin", "prompts/from_class_labels.gin", run_file])
     try:
         required = [p for p, v in inspect.signature(fn).parameters.items() if v.default is inspect.Parameter.empty]
         assert required

@@ -1,0 +1,136 @@
+"""Bad settings and damaged run folders, tried from the command line as a new user would on the demo.
+
+Each case must exit 2 with exactly one stderr line that starts with `error:` and names the setting or
+file, without a traceback or gin's "In call to configurable" wrapper. `-s` prints the table of cases.
+"""
+import subprocess
+import sys
+
+import pytest
+
+from prompt_tuning_jax import cli, train
+from tests.helpers import REPO
+
+TABLE = []
+
+
+def run_train(capsys, *flags, model_dir):
+    code = cli.main(train.run, "train", ["--gin_file=runs/demo.gin", f"--gin.MODEL_DIR='{model_dir}'", *flags])
+    captured = capsys.readouterr()
+    return code, captured.out, [line for line in captured.err.splitlines() if line.strip()]
+
+
+def assert_one_error_line(code, err, *names):
+    assert code == 2, err
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 1 and err[-1] == errors[0], err
+    assert all(name in errors[0] for name in names), errors[0]
+    assert "In call to configurable" not in errors[0] and not any("Traceback" in line for line in err)
+    return errors[0]
+
+
+BAD_SETTINGS = [
+    ("--gin.TRAIN_STEPZ=5", ["TRAIN_STEPZ", "did you mean TRAIN_STEPS"]),
+    ("--gin.TRAIN_STEPS=-3", ["TRAIN_STEPS", "-3"]),
+    ("--gin.TRAIN_STEPS=0", ["TRAIN_STEPS"]),
+    ("--gin.BATCH_SIZE=0", ["BATCH_SIZE"]),
+    ("--gin.BATCH_SIZE=2.5", ["BATCH_SIZE", "2.5"]),
+    ("--gin.TASK_FEATURE_LENGTHS={'inputs': 'x'}", ["TASK_FEATURE_LENGTHS['inputs']", "'x'"]),
+    ("--gin.TASK_FEATURE_LENGTHS={'input': 32}", ["TASK_FEATURE_LENGTHS"]),
+    ("--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'target': 4}", ["TASK_FEATURE_LENGTHS", "'target'"]),
+    ("--gin.TASK_FEATURE_LENGTHS=32", ["TASK_FEATURE_LENGTHS", "32"]),
+    ("--gin.PROMPT_LENGTH=0", ["PROMPT_LENGTH"]),
+    ("--gin.PROMPT_PLACEMENT='middle'", ["PROMPT_PLACEMENT", "'middle'"]),
+    ("--gin.EVAL_SCORING='best'", ["EVAL_SCORING"]),
+    ("--gin.EVAL_PERIOD=-1", ["EVAL_PERIOD"]),
+    ("--gin.ptj.DataSpec.batch_sizee=3", ["batch_sizee"]),
+    ("--gin.ptj.PromptSpec.init='vocab'", ["'vocab'", "init"]),
+    ("--gin.COMPUTE_DTYPE='float8'", ["float8"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag,names", BAD_SETTINGS, ids=[f for f, _ in BAD_SETTINGS])
+def test_a_bad_setting_is_one_error_line(tmp_path, capsys, flag, names):
+    code, _, err = run_train(capsys, flag, model_dir=tmp_path / "run")
+    TABLE.append((flag, code, assert_one_error_line(code, err, *names)))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+
+
+@pytest.mark.slow
+def test_model_dir_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    code, _, err = run_train(capsys, model_dir=target)
+    TABLE.append(("MODEL_DIR is a file", code, assert_one_error_line(code, err, "MODEL_DIR", str(target))))
+    assert target.read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 4-step demo run with checkpoints at steps 2 and 4 (made once, copied by the tests that damage it)."""
+    folder = tmp_path_factory.mktemp("finished") / "run"
+    code = cli.main(train.run, "train", ["--gin_file=runs/demo.gin", f"--gin.MODEL_DIR='{folder}'",
+                                         "--gin.TRAIN_STEPS=4", "--gin.CHECKPOINT_PERIOD=2", "--gin.EVAL_PERIOD=0"])
+    assert code == 0
+    return folder
+
+
+@pytest.mark.slow
+def test_resuming_with_another_prompt_length(finished_run, capsys):
+    code, _, err = run_train(capsys, "--gin.PROMPT_LENGTH=3", "--gin.TRAIN_STEPS=6", model_dir=finished_run)
+    line = assert_one_error_line(code, err, "PROMPT_LENGTH=8", str(finished_run), "(3, 64)")
+    TABLE.append(("resume with another PROMPT_LENGTH", code, line))
+
+
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(finished_run, tmp_path, capsys, caplog):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for f in (run / "checkpoints" / "4").rglob("*"):
+        if f.is_file():
+            f.write_text("garbage")
+    code, out, err = run_train(capsys, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2", "--gin.EVAL_PERIOD=0",
+                               model_dir=run)
+    assert code == 0, err
+    assert "trained 6 steps" in out
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "checkpoint step 4" in warnings and "resuming from step 2" in warnings
+    damaged = list((run / "checkpoints_damaged").iterdir())
+    assert len(damaged) == 1 and damaged[0].name.startswith("4-")  # set aside, not deleted
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4", "6"]
+    TABLE.append(("damaged latest checkpoint", code, "falls back to step 2: " + out.strip().splitlines()[-1][:60]))
+
+
+@pytest.mark.slow
+def test_no_intact_checkpoint_names_the_folder(finished_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file():
+            f.write_text("garbage")
+    code, _, err = run_train(capsys, "--gin.TRAIN_STEPS=6", model_dir=run)
+    line = assert_one_error_line(code, err, "no checkpoint", str(run / "checkpoints"))
+    TABLE.append(("every checkpoint damaged", code, line))
+
+
+@pytest.mark.slow
+def test_a_real_process_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "prompt_tuning_jax.train", "--gin_file=runs/demo.gin",
+                           f"--gin.MODEL_DIR='{tmp_path}/run'", "--gin.TRAIN_STEPZ=5"],
+                          capture_output=True, text=True, cwd=REPO)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --gin.TRAIN_STEPZ"), proc.stderr
+    TABLE.append(("a real process: --gin.TRAIN_STEPZ=5", proc.returncode, lines[0]))
+
+
+def test_zz_print_the_table():
+    """Runs last in this file: the cases tried (visible with -s)."""
+    if TABLE:
+        print("\n| input | exit | message |\n| --- | --- | --- |")
+        for case, code, message in TABLE:
+            print(f"| {case} | {code} | {message[:150]} |")
