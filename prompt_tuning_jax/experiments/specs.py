@@ -61,7 +61,9 @@ class ModelSpec:
     pads go in batches. dropout_rate: DROPOUT_RATE, replaces all of the checkpoint's
     dropout rates in training steps (None: config.json's rates; 0.0: no dropout).
     attention: 'auto' (cuDNN flash attention where it applies, see
-    `models.common.pick_attention`) | 'einsum' | 'xla' | 'cudnn'.
+    `models.common.pick_attention`) | 'einsum' | 'xla' | 'cudnn'. revision: the hub
+    revision (branch, tag or commit) of a hub id; with HF_HUB_OFFLINE=1 hub ids load
+    from the Hugging Face cache, and HF_TOKEN opens gated repositories.
     """
 
     path: str
@@ -72,17 +74,20 @@ class ModelSpec:
     padding_side: str = "right"
     dropout_rate: float | None = None
     attention: str = "auto"
+    revision: str | None = None
 
     def load(self, mesh=None):
         from prompt_tuning_jax.models import from_pretrained
 
         return from_pretrained(self.path, dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype),
-                               mesh=mesh, remat=self.remat, dropout_rate=self.dropout_rate, attention=self.attention)
+                               mesh=mesh, remat=self.remat, dropout_rate=self.dropout_rate, attention=self.attention,
+                               revision=self.revision)
 
     def load_tokenizer(self):
         from prompt_tuning_jax.tokenizer import load_tokenizer
 
-        return load_tokenizer(self.tokenizer or self.path, padding_side=self.padding_side)
+        revision = None if self.tokenizer else self.revision
+        return load_tokenizer(self.tokenizer or self.path, padding_side=self.padding_side, revision=revision)
 
 
 @dataclasses.dataclass

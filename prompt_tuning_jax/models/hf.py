@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import struct
 from typing import Any, BinaryIO
@@ -29,6 +30,8 @@ from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import files
 from prompt_tuning_jax.files import atomic_write
 from prompt_tuning_jax.models import base
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -52,8 +55,14 @@ def _looks_local(name: str) -> bool:
 META_FILES = ("*.json", "*.model", "*.txt")  # config, generation config, tokenizer
 
 
-def resolve_folder(name_or_path: str | os.PathLike) -> str:
-    """A local folder; a bucket folder (gs://) or a hub id, copied to a local cache; clear error otherwise."""
+def resolve_folder(name_or_path: str | os.PathLike, revision: str | None = None) -> str:
+    """A local folder; a bucket folder (gs://) or a hub id, copied to a local cache; clear error otherwise.
+
+    A hub id is fetched at `revision` (a branch, tag or commit; default main) with the token
+    huggingface_hub finds (`HF_TOKEN`, or `huggingface-cli login`) for gated repositories. With
+    `HF_HUB_OFFLINE=1`, or when the hub cannot be reached, it is read from the Hugging Face cache
+    (`HF_HOME`, `HF_HUB_CACHE`) as transformers does.
+    """
     name = os.fspath(name_or_path)
     if not files.is_local(name):
         if not files.is_dir(name):
@@ -67,14 +76,27 @@ def resolve_folder(name_or_path: str | os.PathLike) -> str:
     if _looks_local(name):
         raise CheckpointError(f"checkpoint folder {name} does not exist")
     try:
-        from huggingface_hub import list_repo_files, snapshot_download
-
-        return snapshot_download(name, allow_patterns=_one_weight_format(list_repo_files(name)))
-    except Exception as e:  # offline, unknown id, gated repo...
+        return _hub_snapshot(name, revision)
+    except Exception as e:  # not cached offline, unknown id, gated repo...
         raise CheckpointError(
-            f"{name!r} is not a local folder and could not be fetched from the Hugging Face hub "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); pass a local checkpoint folder"
+            f"{name!r} is not a local folder and could not be fetched from the Hugging Face hub nor found in "
+            f"its cache ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); pass a local "
+            "checkpoint folder, or download it once where the hub is reachable"
         ) from None
+
+
+def _hub_snapshot(name: str, revision: str | None) -> str:
+    """The local snapshot folder of hub repo `name` at `revision`: downloaded, or from the cache offline."""
+    from huggingface_hub import constants, list_repo_files, snapshot_download
+
+    if not constants.is_offline_mode():
+        try:
+            names = list_repo_files(name, revision=revision)
+        except Exception as e:  # no network, or the hub is down: the cache may still hold it
+            logger.info("cannot list %s on the hub (%s); trying the local cache", name, type(e).__name__)
+        else:
+            return snapshot_download(name, revision=revision, allow_patterns=_one_weight_format(names))
+    return snapshot_download(name, revision=revision, local_files_only=True)
 
 
 def _one_weight_format(names: list[str]) -> tuple[str, ...]:
@@ -249,7 +271,8 @@ def with_attention(config, attention: str | None):
 
 
 def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, mesh=None, rules=None,
-                    remat: bool = False, dropout_rate: float | None = None, attention: str | None = None):
+                    remat: bool = False, dropout_rate: float | None = None, attention: str | None = None,
+                    revision: str | None = None):
     """Loads a GPT-2 or T5 Hugging Face checkpoint (local folder or hub id) into our NNX model.
 
     `dtype` is the compute dtype, `param_dtype` the storage dtype of the frozen
@@ -259,8 +282,9 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
     replaces all of the checkpoint's dropout rates; None keeps config.json's.
     Dropout only ever acts in a training step that passes a `dropout_rng`.
     `attention` picks how attention runs (`common.pick_attention`); None: 'auto'.
+    `revision`: the hub revision of a hub id (see `resolve_folder`; offline it comes from the cache).
     """
-    folder = resolve_folder(name_or_path)
+    folder = resolve_folder(name_or_path, revision)
     read_config(folder)  # fail on a wrong model type before opening weights
     ckpt = Checkpoint(folder)
     config = with_attention(with_dropout_rate(config_from_folder(folder, ckpt), dropout_rate), attention)
