@@ -96,6 +96,13 @@ def read_text(path) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
+def remove(path) -> None:
+    """Deletes one file (local or in a bucket); a missing file is not an error."""
+    p = Path(path)
+    if p.exists():
+        p.unlink()
+
+
 def listdir(path) -> list[str]:
     return sorted(p.name for p in Path(path).iterdir())
 

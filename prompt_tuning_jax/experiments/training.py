@@ -5,11 +5,13 @@
 
 Writes under `model_dir`: checkpoints/ (orbax: prompt, head, optimizer state,
 data position), prompts/prompt_<step>.npy and prompt_latest.npy,
-metrics.jsonl / metrics.csv / plots / TensorBoard, and best.json. Running the
-same call again resumes from the latest checkpoint.
+metrics.jsonl / metrics.csv / plots / TensorBoard, best.json, and summary.json at the
+end; `run.lock` (host, pid) while it trains, so a second run on the same folder
+refuses. Running the same call again resumes from the newest intact checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ from prompt_tuning_jax.experiments.scoring import TaskScorer
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec, TrainSpec
 from prompt_tuning_jax.training import optim
 from prompt_tuning_jax.training.hooks import standard_hooks
+from prompt_tuning_jax.training.lock import RunLock
 from prompt_tuning_jax.training.loop import fit
 from prompt_tuning_jax.training.trainer import Trainer
 
@@ -41,12 +44,20 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
     tasks = data.tasks()
     if not tasks:
         raise ValueError("train() needs a task: set MIXTURE_OR_TASK_NAME")
+    if jax.process_index() == 0:
+        files.makedirs(model_dir)
+    with RunLock(model_dir) if jax.process_index() == 0 else contextlib.nullcontext():  # one run per MODEL_DIR
+        summary = _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, tasks)
+    if jax.process_index() == 0 and not summary.get("preempted"):
+        _write_summary(model_dir, summary)
+    return summary
+
+
+def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, tasks) -> dict:
     loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape))
     tx = optimizer if optimizer is not None else optim.make_optimizer(total_steps=schedule.steps)
     trainer = Trainer(loaded.state, tx, objective=loading.objective(loaded.prompt, tasks[0]),
                       accum_steps=schedule.accum_steps, seed=data.seed)  # SEED: data order and dropout masks
-    if jax.process_index() == 0:
-        files.makedirs(model_dir)
     evaluate, majority_rate = _evaluator(tasks, loaded, data, schedule, model.padding_side)
     hooks = standard_hooks(model_dir, evaluate=evaluate,
                            eval_every=schedule.eval_every, checkpoint_every=schedule.checkpoint_every,
@@ -61,8 +72,6 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
                 100 * summary["padding_fraction"], summary["batch_shapes"])
     summary.update(trainable_params=int(sum(np.size(x) for x in jax.tree.leaves(trainer.trainable))),
                    majority_rate=majority_rate, placement=prompt.placement, prompt_length=prompt.length)
-    if jax.process_index() == 0 and not summary.get("preempted"):
-        _write_summary(model_dir, summary)
     return summary
 
 
