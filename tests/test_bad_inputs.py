@@ -119,6 +119,17 @@ def test_no_intact_checkpoint_names_the_folder(finished_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_diverging_run_stops_at_the_first_nan_naming_the_last_good_checkpoint(tmp_path, capsys):
+    # Adam's first update moves the prompt by ~1e38: every later step's loss is NaN or Inf.
+    code, _, err = run_train(capsys, "--gin.ptj.make_optimizer.learning_rate=1e38", "--gin.TRAIN_STEPS=40",
+                             "--gin.CHECKPOINT_PERIOD=1", "--gin.EVAL_PERIOD=0", model_dir=tmp_path / "run")
+    line = assert_one_error_line(code, err, "NaN or Inf", f"Last good checkpoint: step 1 in {tmp_path / 'run'}",
+                                 "nonfinite")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1"]
+    TABLE.append(("LEARNING_RATE 1e38 (the loss turns NaN)", code, line))
+
+
+@pytest.mark.slow
 def test_a_real_process_exits_2_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "prompt_tuning_jax.train", "--gin_file=runs/demo.gin",
                            f"--gin.MODEL_DIR='{tmp_path}/run'", "--gin.TRAIN_STEPZ=5"],

@@ -256,6 +256,9 @@ class TrainSpec:
     checkpoint is saved, keeping the newest `keep`. `accum_steps` micro-batches
     make one step's batch. eval_scoring: 'generate' (greedy text must equal a
     label string, the paper's protocol) or 'rank' (see `experiments.scoring`).
+    nonfinite: a step whose loss or gradient is NaN or Inf leaves the state unchanged, and
+    then 'stop' ends the run with an error naming the last good checkpoint, 'skip' counts it
+    (`nonfinite_steps` in the summary) and goes on.
     """
 
     steps: int = 1000
@@ -266,6 +269,7 @@ class TrainSpec:
     accum_steps: int = 1
     progress: bool = True
     eval_scoring: str = "generate"
+    nonfinite: str = "stop"
 
     def __post_init__(self):
         check_count(self.steps, "TRAIN_STEPS")
@@ -276,3 +280,5 @@ class TrainSpec:
         check_count(self.accum_steps, "ACCUM_STEPS")
         if self.eval_scoring not in ("generate", "rank"):
             raise ValueError(f"EVAL_SCORING must be 'generate' or 'rank', got {self.eval_scoring!r}")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {self.nonfinite!r} (ptj.TrainSpec.nonfinite)")

@@ -64,7 +64,7 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
                            keep=schedule.keep, log_every=schedule.log_every, progress=schedule.progress)
     batches = _train_batches(tasks, loaded, data, model.padding_side)
     summary = fit(trainer, batches, schedule.steps, hooks.hooks, resume_from=hooks.checkpointer,
-                  prefetch=data.prefetch)
+                  prefetch=data.prefetch, nonfinite=schedule.nonfinite)
     summary.update(prompt_file=os.path.join(model_dir, "prompts", "prompt_latest.npy"), model_dir=model_dir,
                    prompt=trainer.prompt, padding_fraction=batches.batcher.padding_fraction,
                    batch_shapes=len(batches.batcher.shapes))
@@ -78,7 +78,7 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
 def _write_summary(model_dir: str, summary: dict) -> None:
     """summary.json: what a sweep reads of a finished run (steps, metrics, trainable parameters, ...)."""
     keep = ("step", "eval", "best", "trainable_params", "placement", "prompt_length", "majority_rate",
-            "padding_fraction", "batch_shapes")
+            "padding_fraction", "batch_shapes", "nonfinite_steps")
     files.atomic_write(os.path.join(model_dir, "summary.json"),
                        json.dumps({k: summary.get(k) for k in keep}, indent=2, default=float))
 

@@ -38,8 +38,10 @@ class RecordHook(Hook):
             self.record.truncate_after(loop.step)  # a resumed run redoes the steps after its checkpoint
 
     def step(self, loop: Loop) -> None:
+        loop.check_finite()
         sums = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *loop.pending))
-        n_steps, loop.pending = len(loop.pending), []
+        n_steps, loop.pending, loop.checked = len(loop.pending), [], 0
+        n_steps = max(n_steps - int(round(float(sums.get("nonfinite_steps", 0)))), 1)  # grad_norm is 0 there
         seconds = time.perf_counter() - loop.clock - loop.paused
         loop.last_train = {"loss": sums["loss_sum"] / max(sums["denominator"], 1e-9),
                            "grad_norm": float(sums["grad_norm"]) / n_steps,
@@ -86,6 +88,10 @@ class ProgressHook(Hook):
     def end(self, loop: Loop) -> None:
         self.bar.close()
 
+    def abort(self, loop: Loop) -> None:
+        if self.bar is not None:
+            self.bar.close()  # ends the bar's line, so an error message starts on a line of its own
+
 
 class EvalHook(Hook):
     """`evaluate(trainer) -> metrics` every `every` steps, at step 0 of a fresh run, and at the last step.
@@ -126,8 +132,15 @@ class CheckpointHook(Hook):
     def __init__(self, checkpointer, every: int = 0):
         self.checkpointer, self.every = checkpointer, every
 
+    def start(self, loop: Loop) -> None:
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            loop.last_checkpoint = f"step {latest} in {self.checkpointer.directory}/checkpoints"
+
     def step(self, loop: Loop) -> None:
+        loop.check_finite()  # never save after a NaN step under nonfinite='stop'
         self.checkpointer.save(loop.step, loop.trainer.trainable, loop.trainer.opt_state, loop.meta())
+        loop.last_checkpoint = f"step {loop.step} in {self.checkpointer.directory}/checkpoints"
 
     def end(self, loop: Loop) -> None:
         if self.checkpointer.latest_step() != loop.step:

@@ -71,11 +71,17 @@ def _train_step(trainable, opt_state, frozen, batch, step, *, graphdef, tx, obje
         (grads, terms), _ = jax.lax.scan(body, zero, micro)
     denominator = jnp.maximum(terms["denominator"], 1e-9)
     grads = jax.tree.map(lambda g: g / denominator, grads)
+    grad_norm = optax.tree.norm(grads)
     with jax.named_scope("optimizer"):
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        trainable = optax.apply_updates(trainable, updates)
-    metrics = {**terms, "grad_norm": optax.tree.norm(grads)}
-    return trainable, opt_state, metrics
+        updates, new_opt_state = tx.update(grads, opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+    # A NaN or Inf loss or gradient leaves the state as it was; the loop counts these steps and stops or
+    # skips (TrainSpec.nonfinite) when it next reads the metrics, without a host round trip per step.
+    finite = jnp.isfinite(terms["loss_sum"]) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    terms = jax.tree.map(lambda t: jnp.where(finite, t, jnp.zeros_like(t)), terms)  # logged sums: finite steps
+    metrics = {**terms, "grad_norm": jnp.where(finite, grad_norm, 0.0), "nonfinite_steps": 1.0 - finite}
+    return keep(new_trainable, trainable), keep(new_opt_state, opt_state), metrics
 
 
 class Trainer:
