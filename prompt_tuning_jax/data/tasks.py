@@ -179,13 +179,25 @@ class Task:
                     break
                 try:
                     example = self.format(row)
-                except ValueError as e:
-                    where = self.source.path(split) if hasattr(self.source, "path") else f"split {split!r}"
-                    raise ValueError(f"{where}, data row {i + 1}: {e}") from None
+                except (ValueError, KeyError) as e:
+                    raise ValueError(f"{self._where(split, i)}: {e}") from None
                 examples.extend(expand(example) if expand else [example])
         except HubError as e:
             raise HubError(f"task {self.name}: {e}") from None
+        if not examples and limit != 0:
+            where = self.source.path(split) if hasattr(self.source, "path") else f"split {split!r}"
+            raise ValueError(f"{where}: task {self.name} has no examples in split {split!r} (an empty file, or "
+                             "a header only)")
         return examples[:limit] if limit is not None else examples
+
+    def _where(self, split: str, i: int) -> str:
+        """`file:line` of data row i (0-based) of a file source (after its header line), else the split."""
+        if not hasattr(self.source, "path"):
+            return f"split {split!r}, data row {i + 1}"
+        path = self.source.path(split)
+        fmt = self.source._format(path) if hasattr(self.source, "_format") else ""
+        header = fmt in ("tsv", "csv") and bool(getattr(self.source, "header", False))
+        return f"{path}:{i + 1 + int(header)}"
 
     # ---- predictions and metrics
     def text_to_prediction(self, text: str):

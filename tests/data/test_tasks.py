@@ -239,3 +239,36 @@ def test_demo_task_is_deterministic_balanced_and_disjoint():
     assert 0.4 < np.mean([e["label"] for e in train]) < 0.6
     assert train[0]["inputs"].startswith("sentiment sentence: ")
     assert {e["targets"] for e in validation} == {"negative", "positive"}
+
+
+# ---------------------------------------------------------------- bad data files: named with file and line
+
+
+def _sst2_files(tmp_path, train_text):
+    (tmp_path / "train.tsv").write_text(train_text)
+    return get_task("sst2", data_dir=str(tmp_path))
+
+
+def test_an_unknown_label_is_named_with_file_and_line(tmp_path):
+    task = _sst2_files(tmp_path, "sentence\tlabel\ngood\t1\nbad\t0\nso so\tmaybe\n")
+    with pytest.raises(ValueError, match=rf"{tmp_path}/train.tsv:4: task glue_sst2: unknown label 'maybe'"):
+        task.load("train")
+
+
+def test_a_short_row_is_named_with_file_and_line(tmp_path):
+    task = _sst2_files(tmp_path, "sentence\tlabel\ngood\t1\nno label here\n")
+    with pytest.raises(ValueError, match=rf"{tmp_path}/train.tsv:3: 1 fields, expected 2"):
+        task.load("train")
+
+
+@pytest.mark.parametrize("text", ["", "sentence\tlabel\n"])
+def test_an_empty_file_is_named(tmp_path, text):
+    task = _sst2_files(tmp_path, text)
+    with pytest.raises(ValueError, match=rf"{tmp_path}/train.tsv: task glue_sst2 has no examples in split 'train'"):
+        task.load("train")
+
+
+def test_a_missing_column_is_named_with_the_file(tmp_path):
+    task = _sst2_files(tmp_path, "text\tlabel\ngood\t1\n")
+    with pytest.raises(MissingColumnError, match=rf"{tmp_path}/train.tsv: column\(s\) \['sentence'\] not found"):
+        task.load("train")
