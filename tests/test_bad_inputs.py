@@ -130,6 +130,42 @@ def test_a_diverging_run_stops_at_the_first_nan_naming_the_last_good_checkpoint(
 
 
 @pytest.mark.slow
+def test_bad_files_are_named(tmp_path, capsys):
+    import numpy as np
+
+    nan_prompt = tmp_path / "nan.npy"
+    np.save(nan_prompt, np.full((8, 64), np.nan, np.float32))
+    int_prompt = tmp_path / "ints.npy"
+    np.save(int_prompt, np.ones((8, 64), np.int32))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.tsv").write_text("sentence\tlabel\ngood\t1\nso so\tmaybe\n")
+    (data / "test.tsv").write_text("sentence\tlabel\ngood\t1\n")  # sst2's validation split
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "train.tsv").write_text("")
+    (empty / "test.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "run.lock").write_text('{"host": "tpu-worker-7", "pid": 4242, "started": "2026-11-23T10:00:00"}')
+    sst2 = ["--gin.MIXTURE_OR_TASK_NAME='sst2'", "--gin.TRAIN_STEPS=2"]
+    cases = [
+        ("init from a prompt file of NaN", [f"--gin.ptj.PromptSpec.file='{nan_prompt}'",
+                                            "--gin.ptj.PromptSpec.init='file'"], ["nan.npy", "NaN or Inf"], None),
+        ("init from a prompt file of ints", [f"--gin.ptj.PromptSpec.file='{int_prompt}'",
+                                             "--gin.ptj.PromptSpec.init='file'"], ["ints.npy", "int32"], None),
+        ("an unknown label in the data", [*sst2, f"--gin.TASK_OVERRIDES={{'data_dir': '{data}'}}"],
+         [f"{data}/train.tsv:3", "unknown label 'maybe'"], None),
+        ("an empty train file", [*sst2, f"--gin.TASK_OVERRIDES={{'data_dir': '{empty}'}}"],
+         [f"{empty}/train.tsv", "no examples"], None),
+        ("MODEL_DIR locked by another host", [], ["in use by process 4242 on tpu-worker-7", "run.lock"], locked),
+    ]
+    for name, flags, names, model_dir in cases:
+        code, _, err = run_train(capsys, *flags, model_dir=model_dir or tmp_path / name.replace(" ", "_"))
+        TABLE.append((name, code, assert_one_error_line(code, err, *names)))
+
+
+@pytest.mark.slow
 def test_a_real_process_exits_2_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "prompt_tuning_jax.train", "--gin_file=runs/demo.gin",
                            f"--gin.MODEL_DIR='{tmp_path}/run'", "--gin.TRAIN_STEPZ=5"],

@@ -95,6 +95,12 @@ def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dt
         raise ValueError(f"prompt file {path} holds an array of shape {array.shape}; expected a {want} prompt")
     if expected_shape is not None:
         check_prompt_shape(array.shape, tuple(expected_shape), f"prompt file {path}")
+    if array.dtype.kind in "biuOUSMm":  # bool, int, object, text, dates: not a prompt
+        raise ValueError(f"prompt file {path} holds {array.dtype} values; a prompt is a float array")
+    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise ValueError(f"prompt file {path} holds {bad} NaN or Inf values (a diverged run?); use an earlier "
+                         "prompt_<step>.npy or retrain")
     return array.astype(dtype) if dtype is not None else array
 
 
