@@ -45,7 +45,9 @@ BAD_SETTINGS = [
     ("--gin.EVAL_PERIOD=-1", ["EVAL_PERIOD"]),
     ("--gin.ptj.DataSpec.batch_sizee=3", ["batch_sizee"]),
     ("--gin.ptj.PromptSpec.init='vocab'", ["'vocab'", "init"]),
-    ("--gin.COMPUTE_DTYPE='float8'", ["float8"]),
+    ("--gin.COMPUTE_DTYPE='float8'", ["COMPUTE_DTYPE", "float8"]),
+    ("--gin.MESH_SHAPE=(3, 1)", ["MESH_SHAPE (3, 1)", "needs 3 devices"]),
+    ("--gin.MESH_SHAPE=(0, 1)", ["MESH_SHAPE", "(0, 1)"]),
 ]
 
 

@@ -76,6 +76,19 @@ def objective(prompt: PromptSpec, task) -> str:
 
 
 def make_mesh(mesh_shape: Sequence[int]):
+    """MESH_SHAPE (data, model) -> the mesh; -1 for data takes what model leaves of the devices."""
+    import jax
+
     from prompt_tuning_jax import partitioning
 
-    return partitioning.make_mesh(*mesh_shape)
+    ok = (isinstance(mesh_shape, (tuple, list)) and len(mesh_shape) == 2
+          and all(isinstance(x, int) and not isinstance(x, bool) for x in mesh_shape)
+          and (mesh_shape[0] == -1 or mesh_shape[0] >= 1) and mesh_shape[1] >= 1)
+    if not ok:
+        raise ValueError(f"MESH_SHAPE must be (data, model) with model >= 1 and data >= 1 or -1 (all the rest), "
+                         f"got {mesh_shape!r}: e.g. --gin.MESH_SHAPE=\"(-1, 1)\"")
+    try:
+        return partitioning.make_mesh(*mesh_shape)
+    except ValueError as e:
+        raise ValueError(f"MESH_SHAPE {tuple(mesh_shape)}: {e} ({jax.device_count()} devices here; "
+                         "(-1, 1) uses them all for data parallelism)") from None

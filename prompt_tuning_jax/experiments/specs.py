@@ -76,6 +76,16 @@ class ModelSpec:
     attention: str = "auto"
     revision: str | None = None
 
+    def __post_init__(self):
+        for field, name in (("dtype", "COMPUTE_DTYPE (ptj.ModelSpec.dtype)"),
+                            ("param_dtype", "ptj.ModelSpec.param_dtype")):
+            value = getattr(self, field)
+            if isinstance(value, str) and value != "auto" and value not in DTYPES:
+                raise ValueError(f"{name} is {value!r}; use one of {sorted(DTYPES)}"
+                                 + (" or 'auto'" if field == "dtype" else ""))
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
+
     def load(self, mesh=None):
         from prompt_tuning_jax.models import from_pretrained
 
