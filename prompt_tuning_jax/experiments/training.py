@@ -45,7 +45,11 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
     if not tasks:
         raise ValueError("train() needs a task: set MIXTURE_OR_TASK_NAME")
     if jax.process_index() == 0:
-        files.makedirs(model_dir)
+        try:
+            files.makedirs(model_dir)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot create MODEL_DIR {model_dir} ({e.strerror or e}); choose a folder this "
+                                   "process can write") from None
     with RunLock(model_dir) if jax.process_index() == 0 else contextlib.nullcontext():  # one run per MODEL_DIR
         summary = _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, tasks)
     if jax.process_index() == 0 and not summary.get("preempted"):

@@ -67,6 +67,9 @@ class RunLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        except OSError as e:  # read-only file system, no permission
+            raise OSError(e.errno, f"MODEL_DIR {os.path.dirname(self.path)} is not writable ({e.strerror}); "
+                                   "choose a folder this process can write") from None
         with os.fdopen(fd, "w") as f:
             f.write(text)
         return True

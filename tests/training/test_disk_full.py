@@ -67,3 +67,20 @@ def test_a_failing_write_leaves_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         files.atomic_write(str(target), b"new content that does not fit")
     assert target.read_bytes() == b"old content" and os.listdir(tmp_path) == ["prompt_latest.npy"]
+
+
+@pytest.mark.slow
+def test_a_read_only_model_dir_is_one_error_line(tmp_path):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.decode().strip()[:100]})")
+    try:
+        for target in (disk, disk / "new_run"):  # an existing folder, and one that would have to be made
+            proc = _train(target, 2)
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+            assert lines[0].startswith("error:") and str(target) in lines[0] and "Read-only" in lines[0], lines
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
