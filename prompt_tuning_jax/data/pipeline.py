@@ -304,13 +304,13 @@ class EvalIterator:
     the results back in example order with `example_index`.
     """
 
-    def __init__(self, tokenized: Tokenized, batch_size: int, *, task_index: int = 0, sort_by_length: bool = True,
+    def __init__(self, tokenized: Tokenized, batch_size: int, *, task_index=0, sort_by_length: bool = True,
                  **batcher_kwargs):
         if len(tokenized) == 0:
             raise ValueError("nothing to evaluate: the split is empty")
         self.tokenized = tokenized
-        self.batcher = Batcher(tokenized, batch_size,
-                               task_index=np.full(len(tokenized), task_index, np.int32), **batcher_kwargs)
+        task_index = np.broadcast_to(np.asarray(task_index, np.int32), (len(tokenized),)).copy()  # one or per row
+        self.batcher = Batcher(tokenized, batch_size, task_index=task_index, **batcher_kwargs)
         self.batch_size = batch_size
         self.num_examples = len(tokenized)
         self.num_batches = -(-self.num_examples // batch_size)

@@ -31,12 +31,19 @@ def evaluate(model: ModelSpec, prompt: PromptSpec, data: DataSpec, checkpoint_pa
              output_dir: str | None = None, scoring: str = "generate", decoding: DecodeSpec = DecodeSpec(),
              mesh_shape: Sequence[int] = (-1, 1)) -> dict[str, float]:
     """Metrics of the prompt at `checkpoint_path` (a `.npy`, or a MODEL_DIR: prompt and head) on
-    `data.eval_split` of `data.task` (its first `data.eval_limit` examples when set)."""
+    `data.eval_split` of `data.task` (its first `data.eval_limit` examples when set).
+
+    A list of `.npy` prompts is a prompt ensemble (`experiments.ensemble`): each prompt's metrics
+    (`prompt_<i>/...`) and the majority vote's (`ensemble/...`).
+    """
     tasks = data.tasks()
     if len(tasks) != 1:
         raise ValueError(f"evaluate() scores one task; MIXTURE_OR_TASK_NAME is {data.task!r}")
     task = tasks[0]
     check_scoring(scoring, task, prompt.head is not None)
+    if isinstance(checkpoint_path, (list, tuple)):
+        return _evaluate_ensemble(model, prompt, data, task, list(checkpoint_path), output_dir, scoring, decoding,
+                                  mesh_shape)
     loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape), checkpoint_path)
     tok = loading.tokenize_split(task, data.eval_split, loaded, data, limit=data.eval_limit)
     scorer = TaskScorer(loaded, task, tok, data, scoring=scoring, decoding=decoding, padding_side=model.padding_side)
@@ -48,5 +55,25 @@ def evaluate(model: ModelSpec, prompt: PromptSpec, data: DataSpec, checkpoint_pa
         atomic_write(os.path.join(output_dir, "predictions.jsonl"), "\n".join(rows) + "\n")
         summary = {"task": task.name, "split": data.eval_split, "examples": len(tok), "scoring": scorer.mode,
                    "invalid": len(scored.valid) - sum(scored.valid), **metrics}
+        atomic_write(os.path.join(output_dir, "metrics.json"), json.dumps(summary, indent=2))
+    return metrics
+
+
+def _evaluate_ensemble(model, prompt, data, task, prompt_files, output_dir, scoring, decoding, mesh_shape):
+    from prompt_tuning_jax.experiments.ensemble import ensemble_scores
+
+    if len(prompt_files) < 2:
+        raise ValueError(f"a prompt ensemble needs at least 2 prompt files in CHECKPOINT_PATH, got {prompt_files}")
+    metrics, predictions, votes, texts, tok = ensemble_scores(
+        model, prompt, task, data, prompt_files, loading.make_mesh(mesh_shape), scoring=scoring, decoding=decoding,
+        padding_side=model.padding_side)
+    if output_dir and jax.process_index() == 0:
+        rows = [json.dumps({"index": i, "input": e["inputs"], "target": e["targets"],
+                            "predictions": [texts[k][i] for k in range(len(prompt_files))],
+                            "vote": task.label_names[int(votes[i])] if votes[i] >= 0 else ""}, ensure_ascii=False)
+                for i, e in enumerate(tok.examples)]
+        atomic_write(os.path.join(output_dir, "predictions.jsonl"), "\n".join(rows) + "\n")
+        summary = {"task": task.name, "split": data.eval_split, "examples": len(tok), "prompts": prompt_files,
+                   **metrics}
         atomic_write(os.path.join(output_dir, "metrics.json"), json.dumps(summary, indent=2))
     return metrics

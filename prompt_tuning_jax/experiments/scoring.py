@@ -43,10 +43,11 @@ def check_scoring(scoring: str, task, has_head: bool) -> None:
 
 
 class TaskScorer:
-    """Scores one tokenized split of `task` with `loaded.state` (task_index: which task prompt of a mixture)."""
+    """Scores one tokenized split of `task` with `loaded.state` (task_index: which task prompt of a mixture,
+    for all examples or one per example)."""
 
     def __init__(self, loaded, task, tokenized, data, *, scoring: str = "generate",
-                 decoding: DecodeSpec = DecodeSpec(), padding_side: str = "right", task_index: int = 0):
+                 decoding: DecodeSpec = DecodeSpec(), padding_side: str = "right", task_index=0):
         check_scoring(scoring, task, loaded.state.has_head)
         self.loaded, self.task, self.tokenized = loaded, task, tokenized
         self.mode = "head" if loaded.state.has_head else scoring
