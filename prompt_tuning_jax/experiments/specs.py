@@ -268,7 +268,9 @@ class TrainSpec:
     label string, the paper's protocol) or 'rank' (see `experiments.scoring`).
     nonfinite: a step whose loss or gradient is NaN or Inf leaves the state unchanged, and
     then 'stop' ends the run with an error naming the last good checkpoint, 'skip' counts it
-    (`nonfinite_steps` in the summary) and goes on.
+    (`nonfinite_steps` in the summary) and goes on. wandb_project (WANDB_PROJECT): also log
+    to Weights & Biases (`pip install 'prompt_tuning_jax[wandb]'`; WANDB_MODE=offline works
+    without network); TensorBoard, CSV and JSONL are always written.
     """
 
     steps: int = 1000
@@ -280,6 +282,7 @@ class TrainSpec:
     progress: bool = True
     eval_scoring: str = "generate"
     nonfinite: str = "stop"
+    wandb_project: str | None = None
 
     def __post_init__(self):
         check_count(self.steps, "TRAIN_STEPS")

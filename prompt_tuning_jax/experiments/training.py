@@ -12,6 +12,7 @@ refuses. Running the same call again resumes from the newest intact checkpoint.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -63,9 +64,12 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
     trainer = Trainer(loaded.state, tx, objective=loading.objective(loaded.prompt, tasks[0]),
                       accum_steps=schedule.accum_steps, seed=data.seed)  # SEED: data order and dropout masks
     evaluate, majority_rate = _evaluator(tasks, loaded, data, schedule, model.padding_side)
+    config = {"model": dataclasses.asdict(model), "prompt": dataclasses.asdict(prompt), "data": dataclasses.asdict(data),
+              "schedule": dataclasses.asdict(schedule), "mesh_shape": list(mesh_shape)}
     hooks = standard_hooks(model_dir, evaluate=evaluate,
                            eval_every=schedule.eval_every, checkpoint_every=schedule.checkpoint_every,
-                           keep=schedule.keep, log_every=schedule.log_every, progress=schedule.progress)
+                           keep=schedule.keep, log_every=schedule.log_every, progress=schedule.progress,
+                           wandb_project=schedule.wandb_project, config=config)
     batches = _train_batches(tasks, loaded, data, model.padding_side)
     summary = fit(trainer, batches, schedule.steps, hooks.hooks, resume_from=hooks.checkpointer,
                   prefetch=data.prefetch, nonfinite=schedule.nonfinite)

@@ -182,12 +182,14 @@ class StandardHooks:
 
 def standard_hooks(model_dir: str | None, *, evaluate=None, eval_every: int = 0, checkpoint_every: int = 0,
                    keep: int = 3, log_every: int = 10, progress: bool = True, main_metric: str | None = None,
-                   eval_at_start: bool = True) -> StandardHooks:
-    """The hooks of a run writing to `model_dir` (None: no files, no checkpoints), in their running order."""
+                   eval_at_start: bool = True, wandb_project: str | None = None,
+                   config: dict | None = None) -> StandardHooks:
+    """The hooks of a run writing to `model_dir` (None: no files, no checkpoints), in their running order.
+    wandb_project: also log to W&B, with `config` as the run's config."""
     from prompt_tuning_jax.training.checkpoint import Checkpointer
     from prompt_tuning_jax.training.records import RunRecord
 
-    record = RunRecord(model_dir) if model_dir else None
+    record = RunRecord(model_dir, wandb_project=wandb_project, config=config) if model_dir else None
     checkpointer = Checkpointer(model_dir, keep) if model_dir else None
     hooks: list[Hook] = [RecordHook(record, log_every), ProgressHook(progress)]
     if evaluate is not None:

@@ -1,4 +1,4 @@
-"""A run's readable record: metrics.jsonl, metrics.csv, TensorBoard events and PNG plots.
+"""A run's readable record: metrics.jsonl, metrics.csv, TensorBoard events and PNG plots (and W&B if asked).
 
 Only process 0 writes. Rows are flat dicts `{"step": int, "split": "train"|"eval", name: float}`.
 The directory may be a bucket (gs://...): every file then goes up whole through
@@ -8,6 +8,7 @@ its events to a local folder that is copied up after every flush.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -21,13 +22,18 @@ from prompt_tuning_jax.files import atomic_write
 
 
 class RunRecord:
-    def __init__(self, directory: str | os.PathLike, tensorboard: bool = True):
+    """wandb_project: also log to Weights & Biases (optional; `WANDB_MODE=offline` works without network)."""
+
+    def __init__(self, directory: str | os.PathLike, tensorboard: bool = True, wandb_project: str | None = None,
+                 config: dict | None = None):
         self.directory = os.fspath(directory)
         self.active = jax.process_index() == 0
         self.rows: list[dict[str, Any]] = []
-        self._tb = None
+        self._tb = self._wandb = None
         if not self.active:
             return
+        if wandb_project:
+            self._wandb = _WandB(wandb_project, self.directory, config or {})
         files.makedirs(self.directory)
         path = os.path.join(self.directory, "metrics.jsonl")
         if files.exists(path):  # a resumed run keeps its history
@@ -53,6 +59,8 @@ class RunRecord:
             self._rewrite_jsonl()
         if self._tb is not None:
             self._tb.log(step, split, metrics)
+        if self._wandb is not None:
+            self._wandb.log(step, split, metrics)
 
     def _rewrite_jsonl(self):
         atomic_write(os.path.join(self.directory, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
@@ -101,6 +109,31 @@ class RunRecord:
     def close(self):
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
+
+
+class _WandB:
+    """A W&B run per MODEL_DIR (its id comes from the folder, so a resumed run continues the same W&B run)."""
+
+    def __init__(self, project: str, directory: str, config: dict):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError(f"W&B logging is on (project {project!r}) but wandb is not installed: "
+                              "pip install 'prompt_tuning_jax[wandb]'") from None
+        local = directory if files.is_local(directory) else tempfile.mkdtemp(prefix="ptj-wandb-")
+        files.makedirs(local)
+        run_id = hashlib.sha1(files.absolute(directory).encode()).hexdigest()[:16]
+        self.run = wandb.init(project=project, dir=local, id=run_id, resume="allow", config=config,
+                              name=os.path.basename(os.path.normpath(directory)))
+
+    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        self.run.log({f"{split}/{k}": float(v) for k, v in metrics.items()}, step=int(step))
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 class _TensorBoard:
