@@ -13,7 +13,10 @@ def run() -> None:
         print(f"preempted (SIGTERM) at step {summary['step']}: checkpoint saved in {summary['model_dir']}; "
               "run the same command again to resume")
         return
-    msg = f"trained {summary['step']} steps; prompt: {summary['prompt_file']}"
+    msg = f"trained {summary['step']} steps; " + (f"prompt: {summary['prompt_file']}" if summary.get("prompt_file")
+                                                   else f"METHOD {summary.get('method')}, "
+                                                        f"{summary.get('trainable_params', 0):,} trainable parameters, "
+                                                        f"checkpoints in {summary['model_dir']}/checkpoints")
     if summary.get("eval"):
         msg += "; final " + ", ".join(f"{k} {v:.2f}" for k, v in summary["eval"].items())
     best = summary.get("best") or {}

@@ -48,7 +48,7 @@ def ensemble_scores(model, prompt, task, data, prompt_files, mesh, *, scoring, d
     current = loaded.state.trainable["soft_prompt"]  # [K, P, H]
     stacked = np.stack([load_prompt(f, expected_shape=current.shape[1:]) for f in prompt_files])
     loaded.state.trainable = jax.device_put(dict(loaded.state.trainable, soft_prompt=jnp.asarray(stacked, current.dtype)),
-                                            loaded.state.replicated)
+                                            loaded.state.trainable_shardings)
     tok = loading.tokenize_split(task, data.eval_split, loaded, data, limit=data.eval_limit)
     n = len(tok)
     scorer = TaskScorer(loaded, task, concatenate([tok] * k), data, scoring=scoring, decoding=decoding,

@@ -40,7 +40,8 @@ def load_prompted(model: ModelSpec, prompt: PromptSpec, tasks: Sequence, mesh,
         prompt = dataclasses.replace(prompt, init="random_uniform")  # overwritten by the restore below
     base = model.load(mesh=mesh)
     tokenizer = model.load_tokenizer()
-    state = MeshState(prompt.build(base, tokenizer), mesh)
+    prompted = prompt.build(base, tokenizer)
+    state = MeshState(prompted, mesh, trainable=prompt.trainable(prompted))
     if checkpoint_path:
         state.restore(checkpoint_path)
     return Loaded(state, tokenizer, base, prompt)

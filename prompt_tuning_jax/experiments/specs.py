@@ -110,6 +110,9 @@ class PromptSpec:
     class_labels_numpy (the same, from the [V, H] table in `embedding_file`, e.g.
     one written by `python -m prompt_tuning_jax.extract_variable`).
     head: None (LM head: rank classification / generation) or "linear" (`num_labels`).
+    method: METHOD, what trains: 'prompt' (prompt tuning), or a baseline without a prompt:
+    'probe' (the linear head only), 'full' (all weights), 'first:K' / 'last:K' / 'middle:K'
+    (K transformer blocks of each stack); see `variables.trainable_filter`.
     """
 
     length: int = 100
@@ -127,9 +130,15 @@ class PromptSpec:
     before_eos: bool = False
     num_tasks: int = 1
     seed: int = 0
+    method: str = "prompt"
 
     def __post_init__(self):
+        from prompt_tuning_jax.variables import parse_method
+
         check_count(self.length, "PROMPT_LENGTH")
+        if parse_method(self.method)[0] == "probe" and self.head != "linear":
+            raise ValueError("METHOD 'probe' trains a linear head on the frozen model: add prompts/linear_head.gin "
+                             "(ptj.PromptSpec.head = 'linear')")
         check_count(self.num_tasks, "num_tasks (ptj.PromptSpec.num_tasks)")
         if self.placement not in ("prefix", "suffix"):
             raise ValueError(f"PROMPT_PLACEMENT must be 'prefix' or 'suffix', got {self.placement!r}")
@@ -178,12 +187,24 @@ class PromptSpec:
                              f"[V, {hidden}] embeddings")
         return jnp.asarray(table, jnp.float32)
 
+    @property
+    def has_prompt(self) -> bool:
+        """Prompt tuning has a prompt; the baselines (METHOD probe, full, first/last/middle:K) have none."""
+        return self.method == "prompt"
+
     def build(self, model, tokenizer):
         from prompt_tuning_jax.prompts import with_prompt
 
-        return with_prompt(model, self.length, self.initializer(model, tokenizer), placement=self.placement,
+        init = self.initializer(model, tokenizer) if self.has_prompt else None
+        return with_prompt(model, self.length if self.has_prompt else 0, init, placement=self.placement,
                            head=self.head, num_labels=self.num_labels, regression=self.regression,
                            num_tasks=self.num_tasks, before_eos=self.before_eos, seed=self.seed)
+
+    def trainable(self, prompted):
+        """The nnx filter of the variables METHOD trains in `prompted` (`variables.trainable_filter`)."""
+        from prompt_tuning_jax.variables import trainable_filter
+
+        return trainable_filter(self.method, prompted)
 
     def for_task(self, task) -> "PromptSpec":
         """Fills what the task knows: the head's number of labels, and the class labels to initialise from."""

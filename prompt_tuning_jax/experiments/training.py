@@ -73,7 +73,8 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
     batches = _train_batches(tasks, loaded, data, model.padding_side)
     summary = fit(trainer, batches, schedule.steps, hooks.hooks, resume_from=hooks.checkpointer,
                   prefetch=data.prefetch, nonfinite=schedule.nonfinite)
-    summary.update(prompt_file=os.path.join(model_dir, "prompts", "prompt_latest.npy"), model_dir=model_dir,
+    summary.update(prompt_file=os.path.join(model_dir, "prompts", "prompt_latest.npy") if loaded.state.has_prompt
+                   else None, model_dir=model_dir, method=prompt.method,
                    prompt=trainer.prompt, padding_fraction=batches.batcher.padding_fraction,
                    batch_shapes=len(batches.batcher.shapes))
     logger.info("training batches: %.1f%% padding, %d shapes (one compilation each)",
@@ -85,7 +86,7 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
 
 def _write_summary(model_dir: str, summary: dict) -> None:
     """summary.json: what a sweep reads of a finished run (steps, metrics, trainable parameters, ...)."""
-    keep = ("step", "eval", "best", "trainable_params", "placement", "prompt_length", "majority_rate",
+    keep = ("step", "eval", "best", "method", "trainable_params", "placement", "prompt_length", "majority_rate",
             "padding_fraction", "batch_shapes", "nonfinite_steps")
     files.atomic_write(os.path.join(model_dir, "summary.json"),
                        json.dumps({k: summary.get(k) for k in keep}, indent=2, default=float))

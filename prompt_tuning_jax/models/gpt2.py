@@ -235,6 +235,8 @@ class GPT2(nnx.Module):
     dtype of the weights. Layer norms and the attention softmax run in float32.
     """
 
+    BLOCK_COLLECTION = "h"  # `h.<i>`: the transformer blocks (for METHOD first/last/middle:K)
+
     def __init__(self, config: GPT2Config, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  remat: bool = False, rngs: nnx.Rngs):
         self.config = config

@@ -415,6 +415,8 @@ class Stack(nnx.Module):
 class T5(nnx.Module):
     """T5 encoder-decoder with its LM head (Hugging Face `T5ForConditionalGeneration`)."""
 
+    BLOCK_COLLECTION = "block"  # `encoder.block.<i>`, `decoder.block.<i>` (METHOD first/last/middle:K)
+
     def __init__(self, config: T5Config, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
                  rngs: nnx.Rngs):
         self.config = config

@@ -68,8 +68,8 @@ class PromptedModel(nnx.Module):
                  before_eos: bool = False, seed: int = 0):
         if placement not in combine.PLACEMENTS:
             raise ValueError(f"unknown prompt placement {placement!r}; use one of {combine.PLACEMENTS}")
-        if not isinstance(length, int) or length < 1:
-            raise ValueError(f"prompt length must be a positive int, got {length!r}")
+        if not isinstance(length, int) or length < 0:
+            raise ValueError(f"prompt length must be an int >= 0 (0: no prompt, for baselines), got {length!r}")
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         self.model = model
@@ -84,7 +84,9 @@ class PromptedModel(nnx.Module):
             init_fn = None
         else:
             init_fn = _resolve_init(init, model)
-        if init_fn is None:
+        if length == 0:  # no prompt: a baseline that trains model weights or a head (`variables.trainable_filter`)
+            value = jnp.zeros(((num_tasks,) if num_tasks > 1 else ()) + shape, jnp.float32)
+        elif init_fn is None:
             value = jnp.asarray(init, jnp.float32)
         elif num_tasks == 1:
             value = jnp.asarray(init_fn(rngs.params(), shape), jnp.float32)
@@ -140,7 +142,7 @@ class PromptedModel(nnx.Module):
         return self.model.target_logits(embeds, mask, target_ids, target_mask, dropout_rng=dropout_rng)
 
     def _shares_prefix(self, dropout_rng) -> bool:
-        return (self.placement == "prefix" and self.num_tasks == 1
+        return (self.placement == "prefix" and self.num_tasks == 1 and self.soft_prompt.shape[-2] > 0
                 and hasattr(self.model, "shared_prefix_target_logits")
                 and (dropout_rng is None or not self.model.config.has_dropout))
 

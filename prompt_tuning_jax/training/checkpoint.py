@@ -51,6 +51,8 @@ class Checkpointer:
         self.export_prompt(step, trainable)
 
     def export_prompt(self, step: int, trainable) -> None:
+        if "soft_prompt" not in trainable:  # a baseline without a prompt (METHOD probe, full, ...)
+            return
         array = host_value(trainable["soft_prompt"])
         if jax.process_index() != 0:
             return
@@ -75,6 +77,10 @@ class Checkpointer:
             return self.manager.restore(step, args=args)
         except Exception as e:  # orbax and tensorstore errors are long and name no setting
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "structures do not match" in str(e) or "Requested shape" in str(e):  # another setup, not damage
+                raise ValueError(f"the checkpoint of step {step} in {self.directory}/checkpoints holds other "
+                                 "trainable variables than this run: resume with the METHOD, PROMPT_LENGTH and "
+                                 "head it was trained with, or use a new MODEL_DIR") from e
             raise DamagedCheckpoint(f"the checkpoint of step {step} in {self.directory}/checkpoints cannot be read "
                              f"({first[:300]}); it was written by another run setup or is damaged: use a new "
                              "MODEL_DIR, or move that step's folder away to resume from an older one") from e

@@ -31,16 +31,25 @@ BATCH_KEYS = ("input_ids", "attention_mask", "target_ids", "target_mask", "label
 
 
 class MeshState:
-    """`graphdef`, `trainable` (replicated) and `frozen` (sharded) of a prompted model, with their shardings."""
+    """`graphdef`, `trainable` and `frozen` (sharded) state of a prompted model, with their shardings.
 
-    def __init__(self, prompted: nnx.Module, mesh=None, rules=None):
+    trainable: an nnx filter of what trains (`variables.trainable_filter`; default the
+    `Trainable` prompt and head). Prompt and head are replicated; model weights that
+    train (fine-tuning baselines) keep the sharding of their logical axes.
+    """
+
+    def __init__(self, prompted: nnx.Module, mesh=None, rules=None, trainable=Trainable):
         self.mesh = mesh if mesh is not None else partitioning.make_mesh()
         self.rules = rules or partitioning.DEFAULT_RULES
-        self.graphdef, trainable, frozen = nnx.split(prompted, Trainable, ...)
+        self.graphdef, trainable, frozen = nnx.split(prompted, trainable, ...)
         self.replicated = partitioning.replicated(self.mesh)
+        self.trainable_shardings = nnx.to_pure_dict(jax.tree.map(
+            lambda v: self.replicated if isinstance(v, Trainable)
+            else NamedSharding(self.mesh, partitioning.variable_spec(v, self.mesh, self.rules)),
+            trainable, is_leaf=lambda x: isinstance(x, nnx.Variable)))
         self.frozen_shardings = partitioning.state_shardings(frozen, self.mesh, self.rules)
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
-        self.trainable = jax.device_put(nnx.to_pure_dict(trainable), self.replicated)
+        self.trainable = jax.device_put(nnx.to_pure_dict(trainable), self.trainable_shardings)
         self.frozen = jax.device_put(nnx.to_pure_dict(frozen), self.frozen_shardings)
 
     def merge(self, trainable=None) -> nnx.Module:
@@ -49,8 +58,13 @@ class MeshState:
 
     @property
     def prompt(self) -> np.ndarray:
-        """The current prompt, [P, H] (or [K, P, H]), as numpy on every process."""
-        return partitioning.host_value(self.trainable["soft_prompt"])
+        """The current prompt, [P, H] (or [K, P, H]), as numpy on every process ([0, H] for a baseline)."""
+        return partitioning.host_value((self.trainable if self.has_prompt else self.frozen)["soft_prompt"])
+
+    @property
+    def has_prompt(self) -> bool:
+        """Whether a prompt trains (False for the baselines: METHOD probe, full, first/last/middle:K)."""
+        return "soft_prompt" in self.trainable
 
     @property
     def has_head(self) -> bool:
@@ -93,10 +107,13 @@ class MeshState:
         self._set_prompt(_prompt_file(path))
 
     def _set_prompt(self, path: str) -> None:
+        if not self.has_prompt:
+            raise ValueError(f"{path} is a prompt, but this run trains no prompt (METHOD is a baseline): give the "
+                             "training MODEL_DIR as CHECKPOINT_PATH")
         current = self.trainable["soft_prompt"]
         array = load_prompt(path, expected_shape=current.shape)
         trainable = dict(self.trainable, soft_prompt=jnp.asarray(array, current.dtype))
-        self.trainable = jax.device_put(trainable, self.replicated)
+        self.trainable = jax.device_put(trainable, self.trainable_shardings)
 
 
 def check_checkpoint_path(checkpoint_path: str | os.PathLike) -> str:

@@ -105,9 +105,9 @@ class Trainer:
         self.step = 0
         step_fn = functools.partial(_train_step, graphdef=state.graphdef, tx=optimizer, objective=objective,
                                     accum_steps=accum_steps, seed=seed)
-        rep = state.replicated
-        self._step = jax.jit(step_fn, in_shardings=(rep, rep, state.frozen_shardings, state.batch_sharding, rep),
-                             out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
+        rep, tr = state.replicated, state.trainable_shardings
+        self._step = jax.jit(step_fn, in_shardings=(tr, rep, state.frozen_shardings, state.batch_sharding, rep),
+                             out_shardings=(tr, rep, rep), donate_argnums=(0, 1))
         self.predictor = Predictor(state, objective)
 
     @property

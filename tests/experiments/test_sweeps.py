@@ -83,3 +83,21 @@ def test_a_sweep_runs_every_cell_writes_results_table_plots_and_resumes(tmp_path
     assert "2 finished before, 0 to run" in logs[0] and len(logs) == 1  # nothing ran
     assert [os.path.getmtime(os.path.join(r["model_dir"], sweeps.DONE)) for r in again] == done
     assert [r["value"] for r in again] == [r["value"] for r in rows]
+
+
+@pytest.mark.parametrize("name", ["demo", "seed_table", "baselines"])
+def test_every_cell_of_the_shipped_sweeps_is_a_valid_run(name, tmp_path):
+    """Each cell's command line parses as the train command would parse it (files found, macros used)."""
+    import gin
+
+    from prompt_tuning_jax import cli
+
+    cli.parse_gin([f"sweeps/{name}.gin"], [f"SWEEP_DIR='{tmp_path}'"])
+    sweep = cli.configured(Sweep)()
+    cells = sweep.cells()
+    assert len(cells) >= (12 if name != "baselines" else 18)
+    for cell in cells:
+        rest, bindings = cli.split_gin_flags(sweep.command(cell)[3:])
+        cli.parse_gin([arg.split("=", 1)[1] for arg in rest], bindings)
+        assert gin.query_parameter("%PROMPT_LENGTH") == cell.prompt_length
+    gin.clear_config()
