@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from typing import Callable, Sequence
 
 import gin
@@ -147,6 +148,11 @@ def main(entry: Callable[[], None], description: str, argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     args = build_parser(description).parse_args(rest)
+    if not args.verbose:  # a library's worker thread failing with the main error prints no traceback of its own
+        threading.excepthook = lambda hook_args: logging.getLogger(__name__).debug(
+            "thread %s: %s", hook_args.thread, hook_args.exc_value)
+        sys.unraisablehook = lambda hook_args: logging.getLogger(__name__).debug(
+            "ignored in %s: %s", hook_args.object, hook_args.exc_value)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     # gin logs an error for every search path an `include` is not in; only a real miss matters.
@@ -154,6 +160,8 @@ def main(entry: Callable[[], None], description: str, argv=None) -> int:
     noise = ("Path not found", "Failed to json parse")
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda r: not str(r.msg).startswith(noise))
+        if not args.verbose:  # a library's logged traceback (orbax's save thread): the error line says it
+            handler.addFilter(lambda r: not (r.exc_info and not r.name.startswith("prompt_tuning_jax")))
     try:
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                                heartbeat_timeout_s=args.heartbeat_timeout)
@@ -185,3 +193,14 @@ def _one_line(e: BaseException) -> str:
                     and not line.strip().startswith("In file") and not line.strip().startswith("^"))
     text = text or type(e).__name__
     return text if len(text) < 600 else text[:600] + "..."
+
+
+def exit_process(code: int) -> None:
+    """Ends a `python -m` process with `code`. After an error it skips interpreter teardown, where
+    libraries' worker threads (orbax's after a failed save) would print tracebacks below the one
+    `error:` line; every file was written atomically before, so nothing is left half-written."""
+    if code == 0:
+        sys.exit(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

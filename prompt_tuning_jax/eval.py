@@ -2,7 +2,6 @@
 
 configs/runs/prompt_eval.gin binds its arguments; see `cli.py` for the flags.
 """
-import sys
 
 from prompt_tuning_jax import cli, experiments
 
@@ -13,7 +12,7 @@ def run() -> None:
 
 
 def console_main():
-    sys.exit(cli.main(run, "Evaluate a soft prompt on a task (gin-configured)."))
+    cli.exit_process(cli.main(run, "Evaluate a soft prompt on a task (gin-configured)."))
 
 
 if __name__ == "__main__":

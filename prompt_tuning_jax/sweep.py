@@ -5,7 +5,6 @@ The sweep file binds `ptj.Sweep` (see `experiments/sweeps.py`); every cell is a
 N cells at once. Rerunning the command skips finished cells and rebuilds the
 results.
 """
-import sys
 
 from prompt_tuning_jax import cli
 from prompt_tuning_jax.experiments import sweeps
@@ -24,7 +23,7 @@ def run() -> None:
 
 
 def console_main():
-    sys.exit(cli.main(run, "Run a sweep of training runs (gin-configured)."))
+    cli.exit_process(cli.main(run, "Run a sweep of training runs (gin-configured)."))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 configs/runs/prompt_finetune.gin binds its arguments; see `cli.py` for the flags.
 """
-import sys
 
 from prompt_tuning_jax import cli, experiments
 
@@ -28,7 +27,7 @@ def run() -> None:
 
 
 def console_main():
-    sys.exit(cli.main(run, "Train a soft prompt (gin-configured)."))
+    cli.exit_process(cli.main(run, "Train a soft prompt (gin-configured)."))
 
 
 if __name__ == "__main__":

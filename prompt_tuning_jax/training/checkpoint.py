@@ -8,6 +8,7 @@ Every save also exports the prompt as `prompts/prompt_<step>.npy` (and
 """
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -44,10 +45,17 @@ class Checkpointer:
 
     def save(self, step: int, trainable, opt_state, meta: dict[str, Any]) -> None:
         """Saves (all processes must call this) and exports the prompt from process 0."""
-        self.manager.save(step, args=ocp.args.Composite(
-            trainable=ocp.args.StandardSave(trainable), opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave({**meta, "step": int(step)})), force=True)
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                trainable=ocp.args.StandardSave(trainable), opt_state=ocp.args.StandardSave(opt_state),
+                meta=ocp.args.JsonSave({**meta, "step": int(step)})), force=True)
+            self.manager.wait_until_finished()
+        except Exception as e:  # tensorstore reports a full disk as RESOURCE_EXHAUSTED ... os_error_code='28'
+            if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or "os_error_code='28'" in str(e):
+                raise OSError(errno.ENOSPC, f"No space left on device while saving checkpoint step {step} in "
+                                            f"{self.directory}/checkpoints; the earlier checkpoints are intact: free "
+                                            "space and run the same command to resume") from None
+            raise
         self.export_prompt(step, trainable)
 
     def export_prompt(self, step: int, trainable) -> None:
