@@ -7,17 +7,24 @@ Gradients, optimizer state, checkpoints and donation select what trains:
 Methods (`METHOD`): 'prompt' (the prompt, and a head if any: prompt tuning),
 'probe' (a linear head on the frozen model: the classifier-only baseline), 'full'
 (every weight: fine-tuning), 'first:K' / 'last:K' / 'middle:K' (the weights of K
-transformer blocks of each stack). Baselines other than 'prompt' run without a prompt.
+transformer blocks of each stack), 'lora:R' (rank-R LoRA factors beside the blocks'
+projections, `models/lora.py`) and 'icl:K' (in-context learning with K demonstrations:
+nothing trains). Baselines other than 'prompt' run without a prompt.
 """
 from __future__ import annotations
 
 from flax import nnx
 
-METHOD_FORMS = "'prompt', 'probe', 'full', 'first:K', 'last:K' or 'middle:K' (K >= 1 blocks)"
+METHOD_FORMS = ("'prompt', 'probe', 'full', 'first:K', 'last:K', 'middle:K' (K >= 1 blocks), 'lora:R' (rank R >= 1) "
+                "or 'icl:K' (K >= 0 demonstrations)")
 
 
 class Trainable(nnx.Variable):
     """A variable that is trained (prompt embeddings, head weights); everything else is frozen."""
+
+
+class LoRAParam(Trainable):
+    """A LoRA factor (`models/lora.py`): trained under METHOD 'lora:R', absent otherwise."""
 
 
 def parse_method(method: str) -> tuple[str, int | None]:
@@ -25,7 +32,9 @@ def parse_method(method: str) -> tuple[str, int | None]:
     kind, sep, k = str(method).partition(":")
     if kind in ("prompt", "probe", "full") and not sep:
         return kind, None
-    if kind in ("first", "last", "middle") and k.isdigit() and int(k) >= 1:
+    if kind in ("first", "last", "middle", "lora") and k.isdigit() and int(k) >= 1:
+        return kind, int(k)
+    if kind == "icl" and k.isdigit():
         return kind, int(k)
     raise ValueError(f"METHOD {method!r} is not a training method; use {METHOD_FORMS}")
 
@@ -36,7 +45,7 @@ def trainable_filter(method: str, prompted) -> nnx.filterlib.Filter:
     if kind == "prompt":
         return Trainable
     head = nnx.All(Trainable, nnx.Not(nnx.PathContains("soft_prompt")))  # the baselines' empty prompt stays out
-    if kind == "probe":
+    if kind in ("probe", "lora", "icl"):  # LoRA factors are Trainable; in-context learning trains nothing
         return head
     if kind == "full":
         return nnx.Any(head, nnx.Param)

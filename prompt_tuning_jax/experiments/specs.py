@@ -112,7 +112,10 @@ class PromptSpec:
     head: None (LM head: rank classification / generation) or "linear" (`num_labels`).
     method: METHOD, what trains: 'prompt' (prompt tuning), or a baseline without a prompt:
     'probe' (the linear head only), 'full' (all weights), 'first:K' / 'last:K' / 'middle:K'
-    (K transformer blocks of each stack); see `variables.trainable_filter`.
+    (K transformer blocks of each stack), 'lora:R' (rank-R LoRA on the blocks' projections,
+    scaled by lora_alpha / R, on `lora_targets` (None: all) as `models.lora`), 'icl:K'
+    (in-context learning: K demonstrations from the training split before each eval input;
+    nothing trains); see `variables.trainable_filter`.
     """
 
     length: int = 100
@@ -131,14 +134,25 @@ class PromptSpec:
     num_tasks: int = 1
     seed: int = 0
     method: str = "prompt"
+    lora_alpha: float = 8.0
+    lora_targets: Sequence[str] | None = None
 
     def __post_init__(self):
         from prompt_tuning_jax.variables import parse_method
 
         check_count(self.length, "PROMPT_LENGTH")
-        if parse_method(self.method)[0] == "probe" and self.head != "linear":
+        kind = parse_method(self.method)[0]
+        if kind == "probe" and self.head != "linear":
             raise ValueError("METHOD 'probe' trains a linear head on the frozen model: add prompts/linear_head.gin "
                              "(ptj.PromptSpec.head = 'linear')")
+        if kind == "icl" and self.head is not None:
+            raise ValueError(f"METHOD {self.method!r} (in-context learning) answers with the LM head and trains "
+                             "nothing: drop prompts/linear_head.gin")
+        if not isinstance(self.lora_alpha, (int, float)) or isinstance(self.lora_alpha, bool) or self.lora_alpha <= 0:
+            raise ValueError(f"LORA_ALPHA must be a number > 0, got {self.lora_alpha!r}")
+        if self.lora_targets is not None and (isinstance(self.lora_targets, str) or not self.lora_targets):
+            raise ValueError(f"LORA_TARGETS must be a non-empty list of projection names (e.g. ['c_attn']) or "
+                             f"None for all, got {self.lora_targets!r}")
         check_count(self.num_tasks, "num_tasks (ptj.PromptSpec.num_tasks)")
         if self.placement not in ("prefix", "suffix"):
             raise ValueError(f"PROMPT_PLACEMENT must be 'prefix' or 'suffix', got {self.placement!r}")
@@ -189,12 +203,26 @@ class PromptSpec:
 
     @property
     def has_prompt(self) -> bool:
-        """Prompt tuning has a prompt; the baselines (METHOD probe, full, first/last/middle:K) have none."""
+        """Prompt tuning has a prompt; the baselines (METHOD probe, full, first/last/middle:K, lora:R, icl:K)
+        have none."""
         return self.method == "prompt"
 
-    def build(self, model, tokenizer):
-        from prompt_tuning_jax.prompts import with_prompt
+    @property
+    def demonstrations(self) -> int | None:
+        """K for METHOD 'icl:K' (in-context learning: nothing trains), else None."""
+        from prompt_tuning_jax.variables import parse_method
 
+        kind, k = parse_method(self.method)
+        return k if kind == "icl" else None
+
+    def build(self, model, tokenizer):
+        from prompt_tuning_jax.models.lora import add_lora
+        from prompt_tuning_jax.prompts import with_prompt
+        from prompt_tuning_jax.variables import parse_method
+
+        kind, rank = parse_method(self.method)
+        if kind == "lora":
+            add_lora(model, rank, self.lora_alpha, self.lora_targets, seed=self.seed)
         init = self.initializer(model, tokenizer) if self.has_prompt else None
         return with_prompt(model, self.length if self.has_prompt else 0, init, placement=self.placement,
                            head=self.head, num_labels=self.num_labels, regression=self.regression,

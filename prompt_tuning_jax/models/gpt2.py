@@ -134,15 +134,18 @@ class LayerNorm(nnx.Module):
 
 
 class Conv1D(nnx.Module):
-    """GPT-2's linear layer: `weight` [in, out], `bias` [out]."""
+    """GPT-2's linear layer: `weight` [in, out], `bias` [out]; plus a LoRA update once `models.lora` adds one."""
 
     def __init__(self, n_in, n_out, axes, *, dtype, param_dtype, stddev, rngs):
         self.weight = common.param(rngs, (n_in, n_out), axes, param_dtype, stddev)
         self.bias = common.zeros_param((n_out,), axes[1:], param_dtype)
         self.dtype = dtype
+        self.in_out, self.lora = (n_in, n_out), None
 
     def __call__(self, x):
-        return common.dense(x.astype(self.dtype), self.weight[...]) + self.bias[...].astype(self.dtype)
+        x = x.astype(self.dtype)
+        y = common.dense(x, self.weight[...]) + self.bias[...].astype(self.dtype)
+        return y if self.lora is None else y + self.lora(x)
 
 
 class Attention(nnx.Module):

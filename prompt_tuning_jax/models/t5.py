@@ -187,14 +187,18 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
 
 
 class Linear(nnx.Module):
-    """Bias-free linear layer with the PyTorch layout: `weight` [out, in]."""
+    """Bias-free linear layer with the PyTorch layout: `weight` [out, in]; plus a LoRA update once
+    `models.lora` adds one."""
 
     def __init__(self, n_in, n_out, axes, *, dtype, param_dtype, stddev, rngs):
         self.weight = common.param(rngs, (n_out, n_in), axes, param_dtype, stddev)
         self.dtype = dtype
+        self.in_out, self.lora = (n_in, n_out), None
 
     def __call__(self, x):
-        return common.dense(x.astype(self.dtype), self.weight[...], out_in=True)
+        x = x.astype(self.dtype)
+        y = common.dense(x, self.weight[...], out_in=True)
+        return y if self.lora is None else y + self.lora(x)
 
 
 class LayerNorm(nnx.Module):

@@ -9,6 +9,7 @@ import transformers
 from helpers import torch_model
 
 import prompt_tuning_jax as ptj
+from prompt_tuning_jax.models.lora import add_lora
 from prompt_tuning_jax.training.runtime import MeshState
 from prompt_tuning_jax.training.trainer import Trainer
 from prompt_tuning_jax.variables import parse_method, trainable_filter
@@ -111,22 +112,30 @@ def test_what_each_method_trains(tmp_path):
     model_params = _count(nnx_state := ptj.from_pretrained(tmp_path / "ckpt"))  # noqa: F841
     block = (4 * 32 + 32 * 96 + 96) + (32 * 32 + 32) + (32 * 128 + 128) + (128 * 32 + 32)  # 2 norms, attn, mlp
     counts = {}
-    for method in ("prompt", "probe", "full", "first:1", "last:2", "middle:1"):
-        prompted = ptj.with_prompt(ptj.from_pretrained(tmp_path / "ckpt"), 5 if method == "prompt" else 0, None,
-                                   head="linear", num_labels=2)
+    for method in ("prompt", "probe", "full", "first:1", "last:2", "middle:1", "lora:2"):
+        model = ptj.from_pretrained(tmp_path / "ckpt")
+        if method == "lora:2":
+            add_lora(model, 2)
+        prompted = ptj.with_prompt(model, 5 if method == "prompt" else 0, None, head="linear", num_labels=2)
         trainer = Trainer(MeshState(prompted, trainable=trainable_filter(method, prompted)), optax.adam(1e-3),
                           objective="classification")
         counts[method] = _count(trainer.trainable)
         assert _count(trainer.opt_state) == 2 * counts[method] + 1  # two moments of what trains, and a count
     head = 32 * 2 + 2
+    lora = 3 * 2 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))  # 3 blocks, rank 2: (in + out) * r each
     assert counts == {"prompt": 5 * 32 + head, "probe": head, "full": model_params + head,
-                      "first:1": block + head, "last:2": 2 * block + head, "middle:1": block + head}
+                      "first:1": block + head, "last:2": 2 * block + head, "middle:1": block + head,
+                      "lora:2": lora + head}
 
 
 def test_a_bad_method_is_refused():
     with pytest.raises(ValueError, match=r"METHOD 'lora' is not a training method; use 'prompt', 'probe'"):
         parse_method("lora")
     assert parse_method("middle:3") == ("middle", 3)
+    assert parse_method("lora:8") == ("lora", 8) and parse_method("icl:0") == ("icl", 0)
+    for bad in ("lora:0", "icl", "icl:-1", "last:x"):
+        with pytest.raises(ValueError, match="is not a training method"):
+            parse_method(bad)
 
 
 def test_fine_tuning_on_a_model_parallel_mesh_equals_one_device(tmp_path, rng):
@@ -146,3 +155,76 @@ def test_fine_tuning_on_a_model_parallel_mesh_equals_one_device(tmp_path, rng):
             fc = trainer.trainable["model"]["h"][0]["mlp"]["c_fc"]["weight"]
             assert "model" in str(fc.sharding.spec)  # sharded, not replicated
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *results)
+
+
+def _lora_pairs(prompted):
+    """(PEFT module name, our LoRA module) for every adapted projection."""
+    from prompt_tuning_jax.models.lora import projections
+
+    return [("base_model.model.transformer." + ".".join(map(str, path)), layer.lora)
+            for path, layer in projections(prompted.model) if layer.lora is not None]
+
+
+@pytest.mark.parametrize("targets", [None, ["c_attn"]])
+def test_one_lora_step_equals_peft(tmp_path, rng, targets):
+    """LoRA on every projection (or on c_attn only): one SGD step equals PEFT's LoRA on the same checkpoint."""
+    import peft
+
+    reference = torch_model("gpt2", tmp_path / "ckpt", random_norms=True, **SIZES).train()
+    batch = _batch(rng)
+    base = ptj.from_pretrained(tmp_path / "ckpt")
+    logits_before = np.asarray(base(batch["input_ids"], batch["attention_mask"]))
+    prompted = ptj.with_prompt(add_lora(base, 4, alpha=16, targets=targets, seed=1), 0, None, placement="suffix")
+    pairs = _lora_pairs(prompted)
+    assert len(pairs) == (SIZES["n_layer"] if targets else 4 * SIZES["n_layer"])
+    # B starts at zero: the adapted model is the pretrained one ...
+    np.testing.assert_array_equal(np.asarray(prompted.model(batch["input_ids"], batch["attention_mask"])),
+                                  logits_before)
+    for _, lora in pairs:  # ... then a random B, so that A's gradient is not zero either
+        lora.lora_B[...] = 0.05 * rng.standard_normal(lora.lora_B.shape).astype(np.float32)
+    config = peft.LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, fan_in_fan_out=True,
+                             target_modules=targets or ["c_attn", "c_proj", "c_fc"])
+    model = peft.get_peft_model(reference, config)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, lora in pairs:
+            modules[name].lora_A["default"].weight.copy_(torch.tensor(np.asarray(lora.lora_A[...]).T))
+            modules[name].lora_B["default"].weight.copy_(torch.tensor(np.asarray(lora.lora_B[...]).T))
+    trainer = Trainer(MeshState(prompted, trainable=trainable_filter("lora:4", prompted)), optax.sgd(LR),
+                      objective="lm", seed=None)
+    assert _count(trainer.trainable) == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    a_before = np.asarray(pairs[0][1].lora_A[...])
+    metrics = trainer.train_step(batch)
+    torch_loss = _torch_lm_step(model, batch, {n for n, _ in model.named_parameters() if "lora_" in n})
+    assert float(metrics["loss_sum"] / metrics["denominator"]) == pytest.approx(torch_loss, rel=1e-5)
+    for name, lora in _lora_pairs(trainer.prompted_model()):
+        for ours, theirs in ((lora.lora_A[...], modules[name].lora_A["default"].weight),
+                             (lora.lora_B[...], modules[name].lora_B["default"].weight)):
+            np.testing.assert_allclose(np.asarray(ours), theirs.detach().numpy().T, rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
+    assert not np.allclose(a_before, np.asarray(_lora_pairs(trainer.prompted_model())[0][1].lora_A[...]))  # A moved
+
+
+def test_lora_init_is_peft_init(tmp_path):
+    """lora_A is Kaiming-uniform(a=sqrt(5)) as PEFT's, in +-1/sqrt(in); lora_B starts at zero."""
+    from prompt_tuning_jax.models.lora import LoRA
+
+    from flax import nnx
+
+    lora = LoRA(128, 32, 8, 8.0, rngs=nnx.Rngs(0))
+    a = np.asarray(lora.lora_A[...])
+    assert a.shape == (128, 8) and np.abs(a).max() <= 128**-0.5 and np.abs(a).max() > 0.9 * 128**-0.5
+    assert np.std(a) == pytest.approx(128**-0.5 / 3**0.5, rel=0.1)  # uniform(-b, b) has std b / sqrt(3)
+    assert not np.asarray(lora.lora_B[...]).any() and lora.scaling == 1.0
+
+
+def test_lora_of_t5_adapts_every_projection(tmp_path):
+    from helpers import tiny_model
+
+    from prompt_tuning_jax.models.lora import add_lora, projections
+
+    model = add_lora(tiny_model("t5"), 2)
+    names = {path[-1] for path, layer in projections(model) if layer.lora is not None}
+    assert names == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"} or names == {"q", "k", "v", "o", "wi", "wo"}
+    with pytest.raises(ValueError, match=r"LORA_TARGETS \['c_attn'\] names no projection.*'q'"):
+        add_lora(tiny_model("t5"), 2, targets=["c_attn"])
