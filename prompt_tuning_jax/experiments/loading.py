@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from prompt_tuning_jax.data import pipeline
+from prompt_tuning_jax.data.demonstrations import with_demonstrations
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec
 from prompt_tuning_jax.training.runtime import MeshState, check_checkpoint_path
 
@@ -48,11 +49,23 @@ def load_prompted(model: ModelSpec, prompt: PromptSpec, tasks: Sequence, mesh,
 
 
 def tokenize_split(task, split: str, loaded: Loaded, data: DataSpec, limit: int | None = None):
-    """A task split tokenized for this model (targets get the model's `target_prefix`)."""
+    """A task split tokenized for this model (targets get the model's `target_prefix`).
+
+    In-context learning (METHOD 'icl:K'): each input of a split other than TRAIN_SPLIT is preceded
+    by K demonstrations from TRAIN_SPLIT (`data.demonstrations`; SEED draws them), and over-long
+    inputs lose their first tokens (the oldest demonstrations), never the query, unless
+    truncate='error'.
+    """
     lengths = data.feature_lengths
-    return pipeline.tokenize_task(task, split, loaded.tokenizer, limit=limit, max_input_length=lengths["inputs"],
-                                  max_target_length=lengths["targets"], truncate=data.truncate,
-                                  target_prefix=loaded.model.target_prefix)
+    examples = task.load(split, limit=limit)
+    truncate = data.truncate
+    k = loaded.prompt.demonstrations
+    if k is not None and split != data.train_split:
+        examples = with_demonstrations(examples, task.load(data.train_split), k, seed=data.seed)
+        truncate = "error" if truncate == "error" else "left"
+    return pipeline.tokenize(examples, loaded.tokenizer, max_input_length=lengths["inputs"],
+                             max_target_length=lengths["targets"], truncate=truncate,
+                             target_prefix=loaded.model.target_prefix, name=f"{task.name}/{split}")
 
 
 def label_ids(task, loaded: Loaded, data: DataSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -60,6 +60,8 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
 
 def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, tasks) -> dict:
     loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape))
+    if prompt.demonstrations is not None:
+        return _in_context(model_dir, loaded, model, data, schedule, tasks)
     tx = optimizer if optimizer is not None else optim.make_optimizer(total_steps=schedule.steps)
     trainer = Trainer(loaded.state, tx, objective=loading.objective(loaded.prompt, tasks[0]),
                       accum_steps=schedule.accum_steps, seed=data.seed)  # SEED: data order and dropout masks
@@ -82,6 +84,33 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
     summary.update(trainable_params=int(sum(np.size(x) for x in jax.tree.leaves(trainer.trainable))),
                    majority_rate=majority_rate, placement=prompt.placement, prompt_length=prompt.length)
     return summary
+
+
+def _in_context(model_dir, loaded, model: ModelSpec, data: DataSpec, schedule: TrainSpec, tasks) -> dict:
+    """METHOD 'icl:K': nothing trains; the eval split, with K demonstrations before each input, is scored
+    once and recorded as the evaluation of step 0 (metrics.jsonl, best.json), like a run's."""
+    from prompt_tuning_jax.training.records import RunRecord
+
+    evaluate, majority_rate = _evaluator(tasks, loaded, data, schedule, model.padding_side)
+    if evaluate is None:
+        raise ValueError(f"METHOD {loaded.prompt.method!r} (in-context learning) only evaluates: set EVAL_SPLIT "
+                         "(and for a classification task EVAL_SCORING 'rank' or 'generate')")
+    metrics = evaluate(None)
+    key = next(iter(metrics))
+    best = {"step": 0, "metric": key, "value": float(metrics[key]), "metrics": metrics}
+    if jax.process_index() == 0:
+        record = RunRecord(model_dir, wandb_project=schedule.wandb_project,
+                           config={"method": loaded.prompt.method, "data": dataclasses.asdict(data)})
+        record.truncate_after(-1)  # a rerun replaces the evaluation instead of adding to it
+        record.log(0, "eval", metrics)
+        record.write_summary()
+        record.close()
+        files.atomic_write(os.path.join(model_dir, "best.json"), json.dumps(best, indent=2))
+    logger.info("in-context learning with %d demonstrations: %s", loaded.prompt.demonstrations, metrics)
+    return {"step": 0, "train": {}, "eval": metrics, "best": best, "preempted": False, "nonfinite_steps": 0,
+            "prompt_file": None, "model_dir": model_dir, "method": loaded.prompt.method, "prompt": None,
+            "trainable_params": 0, "majority_rate": majority_rate, "placement": loaded.prompt.placement,
+            "prompt_length": 0}
 
 
 def _write_summary(model_dir: str, summary: dict) -> None:
