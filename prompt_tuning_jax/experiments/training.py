@@ -4,7 +4,8 @@
           DataSpec("sst2", feature_lengths={"inputs": 128, "targets": 4}), TrainSpec(steps=2000, eval_every=200))
 
 Writes under `model_dir`: checkpoints/ (orbax: prompt, head, optimizer state,
-data position), prompts/prompt_<step>.npy and prompt_latest.npy,
+data position), prompts/prompt_<step>.npy and prompt_latest.npy (METHOD 'lora:R': lora_adapter/, a PEFT
+LoRA adapter of the final factors),
 metrics.jsonl / metrics.csv / plots / TensorBoard, best.json, and summary.json at the
 end; `run.lock` (host, pid) while it trains, so a second run on the same folder
 refuses. Running the same call again resumes from the newest intact checkpoint.
@@ -26,6 +27,7 @@ from prompt_tuning_jax.data import TrainIterator
 from prompt_tuning_jax.experiments import loading
 from prompt_tuning_jax.experiments.scoring import TaskScorer
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec, TrainSpec
+from prompt_tuning_jax.models.lora import export_peft, lora_rank, projections
 from prompt_tuning_jax.training import optim
 from prompt_tuning_jax.training.hooks import standard_hooks
 from prompt_tuning_jax.training.lock import RunLock
@@ -81,6 +83,8 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
                    batch_shapes=len(batches.batcher.shapes))
     logger.info("training batches: %.1f%% padding, %d shapes (one compilation each)",
                 100 * summary["padding_fraction"], summary["batch_shapes"])
+    if lora_rank(loaded.model) is not None and not summary.get("preempted"):
+        summary["lora_adapter"] = _export_lora(model_dir, loaded, trainer, model.path)
     summary.update(trainable_params=int(sum(np.size(x) for x in jax.tree.leaves(trainer.trainable))),
                    majority_rate=majority_rate, placement=prompt.placement, prompt_length=prompt.length)
     return summary
@@ -111,6 +115,20 @@ def _in_context(model_dir, loaded, model: ModelSpec, data: DataSpec, schedule: T
             "prompt_file": None, "model_dir": model_dir, "method": loaded.prompt.method, "prompt": None,
             "trainable_params": 0, "majority_rate": majority_rate, "placement": loaded.prompt.placement,
             "prompt_length": 0}
+
+
+def _export_lora(model_dir: str, loaded, trainer, base_model: str) -> str:
+    """The trained LoRA factors as a PEFT adapter in MODEL_DIR/lora_adapter (written by process 0)."""
+    from prompt_tuning_jax import partitioning
+
+    trained = loaded.state.merge(trainer.trainable).model
+    arrays = {trained.checkpoint_key((*path, "weight"))[:-len(".weight")]:
+              (partitioning.host_value(layer.lora.lora_A[...]), partitioning.host_value(layer.lora.lora_B[...]))
+              for path, layer in projections(trained) if layer.lora is not None}
+    folder = os.path.join(model_dir, "lora_adapter")
+    if jax.process_index() == 0:
+        export_peft(trained, folder, base_model, arrays=arrays)
+    return folder
 
 
 def _write_summary(model_dir: str, summary: dict) -> None:

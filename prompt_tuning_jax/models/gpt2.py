@@ -136,6 +136,8 @@ class LayerNorm(nnx.Module):
 class Conv1D(nnx.Module):
     """GPT-2's linear layer: `weight` [in, out], `bias` [out]; plus a LoRA update once `models.lora` adds one."""
 
+    FAN_IN_FAN_OUT = True  # weight is [in, out] (PEFT's fan_in_fan_out, for a LoRA adapter's config)
+
     def __init__(self, n_in, n_out, axes, *, dtype, param_dtype, stddev, rngs):
         self.weight = common.param(rngs, (n_in, n_out), axes, param_dtype, stddev)
         self.bias = common.zeros_param((n_out,), axes[1:], param_dtype)
@@ -254,6 +256,7 @@ class GPT2(nnx.Module):
 
     # --- the seam (models/base.py) ---------------------------------------------
     target_prefix = " "  # targets continue the input text
+    peft_task_type = "CAUSAL_LM"  # PEFT's task_type for adapters of this family (models/lora.py)
 
     @property
     def embedding_table(self) -> jax.Array:

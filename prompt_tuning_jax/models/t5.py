@@ -436,6 +436,7 @@ class T5(nnx.Module):
 
     # --- the seam (models/base.py) ---------------------------------------------
     target_prefix = ""  # the decoder starts targets afresh
+    peft_task_type = "SEQ_2_SEQ_LM"  # PEFT's task_type for adapters of this family (models/lora.py)
 
     @property
     def embedding_table(self) -> jax.Array:

@@ -204,6 +204,21 @@ def test_one_lora_step_equals_peft(tmp_path, rng, targets):
                                        err_msg=name)
     assert not np.allclose(a_before, np.asarray(_lora_pairs(trainer.prompted_model())[0][1].lora_A[...]))  # A moved
 
+    # The trained factors as a PEFT adapter: PEFT loads it onto the checkpoint and computes our logits.
+    from prompt_tuning_jax.models.lora import export_peft
+
+    trained = trainer.prompted_model().model
+    export_peft(trained, tmp_path / "adapter", str(tmp_path / "ckpt"))
+    loaded = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ckpt"),
+                                            tmp_path / "adapter").eval()
+    assert loaded.peft_config["default"].r == 4 and loaded.peft_config["default"].lora_alpha == 16
+    with torch.no_grad():
+        theirs = loaded(input_ids=torch.tensor(batch["input_ids"]).long(),
+                        attention_mask=torch.tensor(batch["attention_mask"]).long()).logits.numpy()
+    ours = np.asarray(trained(batch["input_ids"], batch["attention_mask"]))
+    real = batch["attention_mask"] > 0
+    np.testing.assert_allclose(ours[real], theirs[real], rtol=1e-4, atol=1e-4)
+
 
 def test_lora_init_is_peft_init(tmp_path):
     """lora_A is Kaiming-uniform(a=sqrt(5)) as PEFT's, in +-1/sqrt(in); lora_B starts at zero."""
