@@ -48,6 +48,10 @@ BAD_SETTINGS = [
     ("--gin.COMPUTE_DTYPE='float8'", ["COMPUTE_DTYPE", "float8"]),
     ("--gin.MESH_SHAPE=(3, 1)", ["MESH_SHAPE (3, 1)", "needs 3 devices"]),
     ("--gin.MESH_SHAPE=(0, 1)", ["MESH_SHAPE", "(0, 1)"]),
+    ("--gin.METHOD='lora:0'", ["METHOD 'lora:0'", "'lora:R'"]),
+    ("--gin.METHOD='icl:2'", ["METHOD 'icl:2'", "linear_head.gin"]),
+    ("--gin.LORA_TARGETS=['c_attn']", ["LORA_TARGETS", "METHOD is 'prompt'"]),
+    ("--gin.LORA_ALPHA=0", ["LORA_ALPHA"]),
 ]
 
 

@@ -153,6 +153,9 @@ class PromptSpec:
         if self.lora_targets is not None and (isinstance(self.lora_targets, str) or not self.lora_targets):
             raise ValueError(f"LORA_TARGETS must be a non-empty list of projection names (e.g. ['c_attn']) or "
                              f"None for all, got {self.lora_targets!r}")
+        if self.lora_targets is not None and kind != "lora":
+            raise ValueError(f"LORA_TARGETS is set but METHOD is {self.method!r}, which has no LoRA: set METHOD "
+                             "'lora:R', or drop LORA_TARGETS")
         check_count(self.num_tasks, "num_tasks (ptj.PromptSpec.num_tasks)")
         if self.placement not in ("prefix", "suffix"):
             raise ValueError(f"PROMPT_PLACEMENT must be 'prefix' or 'suffix', got {self.placement!r}")
