@@ -1,5 +1,7 @@
 """Baselines in the same engine (METHOD): one step of fine-tuning (all weights, or the last block) and of the
 linear probe equals the same SGD step in PyTorch on the same checkpoint and batch."""
+import json
+
 import jax
 import numpy as np
 import optax
@@ -243,3 +245,54 @@ def test_lora_of_t5_adapts_every_projection(tmp_path):
     assert names == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"} or names == {"q", "k", "v", "o", "wi", "wo"}
     with pytest.raises(ValueError, match=r"LORA_TARGETS \['c_attn'\] names no projection.*'q'"):
         add_lora(tiny_model("t5"), 2, targets=["c_attn"])
+
+
+def test_t5_lora_adapter_loads_in_peft_with_our_logits(tmp_path, rng):
+    """T5 (v1.1, gated MLP): LoRA factors beside q, k, v, o, wi_0, wi_1, wo, exported as a PEFT adapter
+    (SEQ_2_SEQ_LM, PyTorch Linear layout): PEFT's model computes our logits."""
+    import peft
+
+    from prompt_tuning_jax.models.lora import add_lora, export_peft, projections
+
+    torch_model("t5", tmp_path / "ckpt", untied=True)
+    model = add_lora(ptj.from_pretrained(tmp_path / "ckpt"), 3, alpha=6)
+    for _, layer in projections(model):
+        layer.lora.lora_B[...] = 0.1 * rng.standard_normal(layer.lora.lora_B.shape).astype(np.float32)
+    export_peft(model, tmp_path / "adapter", str(tmp_path / "ckpt"))
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert (config["task_type"], config["fan_in_fan_out"], config["r"]) == ("SEQ_2_SEQ_LM", False, 3)
+    assert set(config["target_modules"]) == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
+    theirs_model = peft.PeftModel.from_pretrained(
+        transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "ckpt"), tmp_path / "adapter").eval()
+    ids = rng.integers(1, 50, (2, 7)).astype(np.int32)
+    dec = rng.integers(1, 50, (2, 4)).astype(np.int32)
+    mask, dec_mask = np.ones_like(ids), np.ones_like(dec)
+    ours = np.asarray(model(ids, mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask))
+    with torch.no_grad():
+        theirs = theirs_model(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
+                              decoder_input_ids=torch.tensor(dec).long()).logits.numpy()
+    no_lora = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "ckpt").eval()
+    with torch.no_grad():
+        base = no_lora(input_ids=torch.tensor(ids).long(), decoder_input_ids=torch.tensor(dec).long()).logits.numpy()
+    assert np.abs(theirs - base).max() > 1e-2  # the adapter changes the model ...
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)  # ... as ours does
+
+
+def test_lora_on_a_model_parallel_mesh_equals_one_device(tmp_path, rng):
+    """LoRA factors are replicated while the frozen weights they sit beside are sharded over 'model'."""
+    from prompt_tuning_jax import partitioning
+    from prompt_tuning_jax.models.lora import projections
+
+    torch_model("gpt2", tmp_path / "ckpt", **SIZES)
+    batch = _batch(rng)
+    results = []
+    for mesh in (partitioning.make_mesh(devices=jax.devices()[:1]), partitioning.make_mesh(4, 2)):
+        model = add_lora(ptj.from_pretrained(tmp_path / "ckpt"), 2, seed=4)
+        for _, layer in projections(model):
+            layer.lora.lora_B[...] = np.full(layer.lora.lora_B.shape, 0.01, np.float32)
+        prompted = ptj.with_prompt(model, 0, None, placement="suffix")
+        trainer = Trainer(MeshState(prompted, mesh, trainable=trainable_filter("lora:2", prompted)), optax.sgd(LR),
+                          objective="lm", seed=None)
+        trainer.train_step(batch)
+        results.append(jax.tree.map(np.asarray, trainer.trainable))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *results)
