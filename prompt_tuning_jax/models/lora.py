@@ -52,7 +52,7 @@ class LoRA(nnx.Module):
 def projections(model, targets: Sequence[str] | None = None) -> list[tuple[tuple, nnx.Module]]:
     """(path, layer) of the dense layers in `model`'s blocks (`model.BLOCK_COLLECTION`) that LoRA adapts;
     `targets`: only layers whose own name is in it (e.g. ['c_attn'], ['q', 'v'])."""
-    collection = model.BLOCK_COLLECTION
+    collection = getattr(model, "BLOCK_COLLECTION", None)  # a family without blocks has nothing to adapt
     found = []
     for path, module in nnx.iter_modules(model):
         in_block = any(path[j] == collection and isinstance(path[j + 1], int) for j in range(len(path) - 1))
@@ -70,6 +70,9 @@ def add_lora(model, rank: int, alpha: float = 8.0, targets: Sequence[str] | None
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"the LoRA rank must be an int >= 1 (METHOD 'lora:R'), got {rank!r}")
     layers = projections(model, targets)
+    if not hasattr(model, "BLOCK_COLLECTION"):
+        raise ValueError(f"{type(model).__name__} names no transformer blocks (BLOCK_COLLECTION), so METHOD "
+                         "'lora:R' has no projections to adapt")
     if not layers:
         names = sorted({str(p[-1]) for p, _ in projections(model)})
         raise ValueError(f"LORA_TARGETS {list(targets or [])} names no projection of this model's blocks; "
