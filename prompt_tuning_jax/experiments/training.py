@@ -27,12 +27,13 @@ from prompt_tuning_jax.data import TrainIterator
 from prompt_tuning_jax.experiments import loading
 from prompt_tuning_jax.experiments.scoring import TaskScorer
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec, TrainSpec
-from prompt_tuning_jax.models.lora import export_peft, lora_rank, projections
+from prompt_tuning_jax.prompts.io import export_peft_lora
 from prompt_tuning_jax.training import optim
 from prompt_tuning_jax.training.hooks import standard_hooks
 from prompt_tuning_jax.training.lock import RunLock
 from prompt_tuning_jax.training.loop import fit
 from prompt_tuning_jax.training.trainer import Trainer
+from prompt_tuning_jax.variables import parse_method
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
                    batch_shapes=len(batches.batcher.shapes))
     logger.info("training batches: %.1f%% padding, %d shapes (one compilation each)",
                 100 * summary["padding_fraction"], summary["batch_shapes"])
-    if lora_rank(loaded.model) is not None and not summary.get("preempted"):
+    if parse_method(prompt.method)[0] == "lora" and not summary.get("preempted"):
         summary["lora_adapter"] = _export_lora(model_dir, loaded, trainer, model.path)
     summary.update(trainable_params=int(sum(np.size(x) for x in jax.tree.leaves(trainer.trainable))),
                    majority_rate=majority_rate, placement=prompt.placement, prompt_length=prompt.length)
@@ -121,13 +122,10 @@ def _export_lora(model_dir: str, loaded, trainer, base_model: str) -> str:
     """The trained LoRA factors as a PEFT adapter in MODEL_DIR/lora_adapter (written by process 0)."""
     from prompt_tuning_jax import partitioning
 
-    trained = loaded.state.merge(trainer.trainable).model
-    arrays = {trained.checkpoint_key((*path, "weight"))[:-len(".weight")]:
-              (partitioning.host_value(layer.lora.lora_A[...]), partitioning.host_value(layer.lora.lora_B[...]))
-              for path, layer in projections(trained) if layer.lora is not None}
+    trainable = jax.tree.map(partitioning.host_value, trainer.trainable)  # replicated: every process reads them
     folder = os.path.join(model_dir, "lora_adapter")
     if jax.process_index() == 0:
-        export_peft(trained, folder, base_model, arrays=arrays)
+        export_peft_lora(folder, loaded.state.merge(trainable).model, base_model)
     return folder
 
 

@@ -14,23 +14,19 @@ optimizer state holds only them. The projections are the dense layers of the fam
 blocks (GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj; T5: q, k, v, o, wi / wi_0, wi_1, wo);
 a family marks them with a `lora` attribute (None until `add_lora`) and `in_out` (in, out).
 
-`export_peft(model, folder, ...)` writes the factors as a PEFT LoRA adapter
+`prompts.io.export_peft_lora(model, folder, ...)` writes the factors as a PEFT LoRA adapter
 (`PeftModel.from_pretrained(base, folder)` loads it and computes what ours does); a
 METHOD 'lora:R' training run writes one to `MODEL_DIR/lora_adapter/` at its end.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from prompt_tuning_jax import files
 from prompt_tuning_jax.models import common
 from prompt_tuning_jax.variables import LoRAParam
 
@@ -82,42 +78,3 @@ def add_lora(model, rank: int, alpha: float = 8.0, targets: Sequence[str] | None
         layer.lora = nnx.data(LoRA(*layer.in_out, rank, alpha, rngs=nnx.Rngs(params=jax.random.fold_in(key, i))))
     return model
 
-
-def lora_rank(model) -> int | None:
-    """The rank of `model`'s LoRA factors (None: no LoRA)."""
-    ranks = {layer.lora.lora_A.shape[1] for _, layer in projections(model) if layer.lora is not None}
-    return ranks.pop() if ranks else None
-
-
-def export_peft(model, folder: str | os.PathLike, base_model_name_or_path: str | None = None,
-                task_type: str | None = None, arrays=None) -> str:
-    """Writes `model`'s LoRA factors as a PEFT LoRA adapter: `adapter_config.json` and
-    `adapter_model.safetensors` with `base_model.model.<module>.lora_A.weight` [r, in] and
-    `lora_B.weight` [out, r] (PyTorch's Linear layout); returns the folder.
-
-    task_type: default the family's (`peft_task_type`: "CAUSAL_LM" for GPT-2, "SEQ_2_SEQ_LM" for T5). arrays: optional host copies of the
-    factors, {module: (A [in, r], B [r, out])}, e.g. gathered from a multi-host run.
-    """
-    from safetensors.numpy import save as safetensors_bytes
-
-    adapted = [(path, layer) for path, layer in projections(model) if layer.lora is not None]
-    if not adapted:
-        raise ValueError("this model has no LoRA factors to export (add_lora first)")
-    tensors, targets = {}, set()
-    for path, layer in adapted:
-        module = model.checkpoint_key((*path, "weight"))[:-len(".weight")]
-        a, b = (arrays or {}).get(module) or (np.asarray(layer.lora.lora_A[...]), np.asarray(layer.lora.lora_B[...]))
-        tensors[f"base_model.model.{module}.lora_A.weight"] = np.ascontiguousarray(np.asarray(a, np.float32).T)
-        tensors[f"base_model.model.{module}.lora_B.weight"] = np.ascontiguousarray(np.asarray(b, np.float32).T)
-        targets.add(str(path[-1]))
-    first = adapted[0][1]
-    rank = first.lora.lora_A.shape[1]
-    config = {"peft_type": "LORA", "task_type": task_type or model.peft_task_type, "base_model_name_or_path": base_model_name_or_path,
-              "r": rank, "lora_alpha": first.lora.scaling * rank, "lora_dropout": 0.0, "bias": "none",
-              "target_modules": sorted(targets), "fan_in_fan_out": bool(getattr(first, "FAN_IN_FAN_OUT", False)),
-              "init_lora_weights": True, "inference_mode": True, "modules_to_save": None, "revision": None}
-    folder = os.fspath(folder)
-    files.atomic_write(os.path.join(folder, "adapter_model.safetensors"),
-                       safetensors_bytes(tensors, metadata={"format": "pt"}))
-    files.atomic_write(os.path.join(folder, "adapter_config.json"), json.dumps(config, indent=2, sort_keys=True))
-    return folder

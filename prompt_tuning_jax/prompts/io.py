@@ -4,6 +4,7 @@
     prompt = load_prompt("sst2.npy", expected_shape=(100, 768))
     export_peft("adapter/", prompt, "gpt2", "CAUSAL_LM")
     prompt, config = import_peft("adapter/")           # PEFT's own saved adapters too
+    export_peft_lora("lora_adapter/", model, "gpt2")    # a model's LoRA factors (models/lora.py)
 
 A loaded prompt is never renormalised: Lester's released prompts have row
 norms around 1000 and that is what the model was tuned with.
@@ -182,6 +183,35 @@ def export_peft(folder: str | os.PathLike, prompt, base_model_name_or_path: str 
         if name in tensors:
             raise ValueError(f"extra_tensors may not replace {name!r}")
         tensors[name] = np.ascontiguousarray(value)
+    return _write_peft(os.fspath(folder), config, tensors)
+
+
+def export_peft_lora(folder: str | os.PathLike, model, base_model_name_or_path: str | None = None) -> str:
+    """Writes `model`'s LoRA factors (`models.lora.add_lora`) as a PEFT LoRA adapter that
+    `PeftModel.from_pretrained(base, folder)` loads: `adapter_model.safetensors` with
+    `base_model.model.<module>.lora_A.weight` [r, in] and `lora_B.weight` [out, r] (PyTorch's
+    Linear layout), and `adapter_config.json` (task_type: the family's `peft_task_type`). Returns the folder.
+    """
+    from prompt_tuning_jax.models.lora import projections
+
+    adapted = [(path, layer) for path, layer in projections(model) if layer.lora is not None]
+    if not adapted:
+        raise ValueError("this model has no LoRA factors to export (models.lora.add_lora first)")
+    tensors = {}
+    for path, layer in adapted:
+        module = model.checkpoint_key((*path, "weight"))[:-len(".weight")]
+        for name in ("lora_A", "lora_B"):
+            value = np.asarray(getattr(layer.lora, name)[...], np.float32)
+            tensors[f"base_model.model.{module}.{name}.weight"] = np.ascontiguousarray(value.T)
+    first = adapted[0][1]
+    rank = first.lora.lora_A.shape[1]
+    config = {"peft_type": "LORA", "task_type": model.peft_task_type, "base_model_name_or_path": base_model_name_or_path,
+              "r": rank, "lora_alpha": first.lora.scaling * rank, "lora_dropout": 0.0, "bias": "none",
+              "target_modules": sorted({str(path[-1]) for path, _ in adapted}),
+              "fan_in_fan_out": bool(getattr(first, "FAN_IN_FAN_OUT", False)), "init_lora_weights": True,
+              "inference_mode": True, "modules_to_save": None, "revision": None}
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        config["peft_version"] = importlib.metadata.version("peft")
     return _write_peft(os.fspath(folder), config, tensors)
 
 

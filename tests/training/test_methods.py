@@ -207,10 +207,10 @@ def test_one_lora_step_equals_peft(tmp_path, rng, targets):
     assert not np.allclose(a_before, np.asarray(_lora_pairs(trainer.prompted_model())[0][1].lora_A[...]))  # A moved
 
     # The trained factors as a PEFT adapter: PEFT loads it onto the checkpoint and computes our logits.
-    from prompt_tuning_jax.models.lora import export_peft
+    from prompt_tuning_jax.prompts.io import export_peft_lora
 
     trained = trainer.prompted_model().model
-    export_peft(trained, tmp_path / "adapter", str(tmp_path / "ckpt"))
+    export_peft_lora(tmp_path / "adapter", trained, str(tmp_path / "ckpt"))
     loaded = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ckpt"),
                                             tmp_path / "adapter").eval()
     assert loaded.peft_config["default"].r == 4 and loaded.peft_config["default"].lora_alpha == 16
@@ -252,13 +252,14 @@ def test_t5_lora_adapter_loads_in_peft_with_our_logits(tmp_path, rng):
     (SEQ_2_SEQ_LM, PyTorch Linear layout): PEFT's model computes our logits."""
     import peft
 
-    from prompt_tuning_jax.models.lora import add_lora, export_peft, projections
+    from prompt_tuning_jax.models.lora import add_lora, projections
+    from prompt_tuning_jax.prompts.io import export_peft_lora
 
     torch_model("t5", tmp_path / "ckpt", untied=True)
     model = add_lora(ptj.from_pretrained(tmp_path / "ckpt"), 3, alpha=6)
     for _, layer in projections(model):
         layer.lora.lora_B[...] = 0.1 * rng.standard_normal(layer.lora.lora_B.shape).astype(np.float32)
-    export_peft(model, tmp_path / "adapter", str(tmp_path / "ckpt"))
+    export_peft_lora(tmp_path / "adapter", model, str(tmp_path / "ckpt"))
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert (config["task_type"], config["fan_in_fan_out"], config["r"]) == ("SEQ_2_SEQ_LM", False, 3)
     assert set(config["target_modules"]) == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
