@@ -173,13 +173,18 @@ class Attention(nnx.Module):
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         return tuple(y.reshape(b, t, self.n_head, h // self.n_head) for y in (q, k, v))
 
-    def __call__(self, x: jax.Array, bias: jax.Array, keys: jax.Array | None = None) -> jax.Array:
-        """x [B, T, H], bias [B|1, 1, T, T] -> [B, T, H]; per-row dropout `keys` [B] or None.
+    def __call__(self, x: jax.Array, bias: jax.Array, keys: jax.Array | None = None, prefix=None) -> jax.Array:
+        """x [B, T, H], bias [B|1, 1, T, P+T] -> [B, T, H]; per-row dropout `keys` [B] or None.
 
+        prefix: None, or the (k, v) [1, P, N, D] of P positions before x that every row
+        attends to (a shared prefix prompt, `GPT2.shared_prefix_target_logits`).
         Dropout: attn_pdrop on the attention probabilities, resid_pdrop after c_proj.
         """
         b, t, h = x.shape
         q, k, v = self._qkv(x)
+        if prefix is not None:
+            k, v = (jnp.concatenate([jnp.broadcast_to(c, (b, *c.shape[1:])).astype(y.dtype), y], axis=1)
+                    for c, y in zip(prefix, (k, v)))
         out = common.attend(q, k, v, bias, self.scale, self.attn_pdrop, common.fold(keys, 0), self.attention)
         return common.dropout(self.c_proj(out.reshape(b, t, h)), self.resid_pdrop, common.fold(keys, 1))
 
@@ -219,9 +224,9 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(config.n_embd, eps, param_dtype=param_dtype)
         self.mlp = MLP(config, **kw)
 
-    def __call__(self, x, bias, keys=None):
+    def __call__(self, x, bias, keys=None, prefix=None):
         with jax.named_scope("attention"):  # scopes name the HLO ops for profiles (benchmarks/profile_step.py)
-            x = x + self.attn(self.ln_1(x), bias, common.fold(keys, 0))
+            x = x + self.attn(self.ln_1(x), bias, common.fold(keys, 0), prefix)
         with jax.named_scope("mlp"):
             return x + self.mlp(self.ln_2(x), common.fold(keys, 1))
 
@@ -320,8 +325,9 @@ class GPT2(nnx.Module):
             return self._cached_target_logits(inputs_embeds, attention_mask, target_ids)
         rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
         at = rep(common.last_real(attention_mask) + 1)  # [R*B] where the first target token goes
-        full, full_mask, _ = common.insert(rep(inputs_embeds), rep(attention_mask), self.embed(target_ids), at)
-        hidden = self.forward_embeddings(full, full_mask, dropout_rng=keys)  # [R*B, S+L, H]
+        # The last target token predicts nothing, so it is never run.
+        full, full_mask, _ = common.insert(rep(inputs_embeds), rep(attention_mask), self.embed(target_ids[:, :-1]), at)
+        hidden = self.forward_embeddings(full, full_mask, dropout_rng=keys)  # [R*B, S+L-1, H]
         # Target token l sits at at+l and is predicted from position at+l-1.
         pos = at[:, None] - 1 + jnp.arange(length)[None, :]
         return self.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
@@ -339,18 +345,20 @@ class GPT2(nnx.Module):
         (b, t, _), (rb, length), p = inputs_embeds.shape, target_ids.shape, prefix.shape[0]
         if p + t + length > self.config.n_positions:
             raise ValueError(f"sequence length {p + t + length} exceeds GPT-2's n_positions {self.config.n_positions}")
-        prefix_hidden, prefix_cache = self.forward_cached(prefix[None], jnp.ones((1, p), jnp.int32),
-                                                          jnp.arange(p)[None], self.init_cache(1, p), 0)
+        prefix_hidden, prefix_kv = self.forward_cached(prefix[None], jnp.ones((1, p), jnp.int32),
+                                                       jnp.arange(p)[None], self.init_cache(1, p), 0)
         rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
         at = rep(common.last_real(attention_mask) + 1)  # [R*B] where the first target token goes (0: empty input)
-        rest, rest_mask, _ = common.insert(rep(inputs_embeds), rep(attention_mask), self.embed(target_ids), at)
-        cache = tuple(tuple(jnp.concatenate([jnp.broadcast_to(c, (rb, *c.shape[1:])),
-                                             jnp.zeros((rb, t + length, *c.shape[2:]), c.dtype)], axis=1)
-                            for c in layer) for layer in prefix_cache)
-        cache_mask = jnp.concatenate([jnp.ones((rb, p), rest_mask.dtype), rest_mask], axis=1)  # [R*B, P+T+L]
-        hidden, _ = self.forward_cached(rest, cache_mask, p + common.positions_from_mask(rest_mask), cache, p)
+        # The last target token predicts nothing, so it is never run.
+        x, mask, _ = common.insert(rep(inputs_embeds), rep(attention_mask), self.embed(target_ids[:, :-1]), at)
+        s = x.shape[1]  # T + L - 1
+        x = x.astype(self.dtype) + self.wpe(p + common.positions_from_mask(mask))
+        bias = (common.causal_bias(s, p + s, offset=p)
+                + common.padding_bias(jnp.concatenate([jnp.ones((rb, p), mask.dtype), mask], axis=1), p + s))
+        for block, kv in zip(self.h, prefix_kv):
+            x = block(x, bias, prefix=kv)
         # Target l is predicted from the position before it: the prefix's last one for l = 0 of an empty input.
-        hidden = jnp.concatenate([jnp.broadcast_to(prefix_hidden[:, -1:], (rb, 1, hidden.shape[-1])), hidden], 1)
+        hidden = jnp.concatenate([jnp.broadcast_to(prefix_hidden[:, -1:], (rb, 1, x.shape[-1])), self.ln_f(x)], 1)
         pos = at[:, None] + jnp.arange(length)[None, :]  # in `hidden`, shifted by the prefix's row
         return self.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
 
@@ -402,11 +410,12 @@ class GPT2(nnx.Module):
         """
         (b, s, _), (rb, length) = inputs_embeds.shape, target_ids.shape
         rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
-        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, length)
-        positions = rep(next_position)[:, None] + jnp.arange(length)[None, :]  # [R*B, L]
-        targets, _ = self.forward_cached(self.embed(target_ids), rep(cache_mask), positions,
+        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, length - 1)
+        positions = rep(next_position)[:, None] + jnp.arange(length - 1)[None, :]  # [R*B, L-1]
+        # The last target token predicts nothing, so it is never run.
+        targets, _ = self.forward_cached(self.embed(target_ids[:, :-1]), rep(cache_mask), positions,
                                          jax.tree.map(rep, cache), s)
-        return self.logits(jnp.concatenate([rep(hidden[:, -1:]), targets[:, :-1]], axis=1))
+        return self.logits(jnp.concatenate([rep(hidden[:, -1:]), targets], axis=1))
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  position_ids: jax.Array | None = None, *, dropout_rng: jax.Array | None = None) -> jax.Array:
