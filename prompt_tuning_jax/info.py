@@ -15,7 +15,7 @@ def describe(model) -> str:
     from flax import nnx
 
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    return f"{model.config.model_type}: {model.config.describe()}; {n:,} parameters"
+    return f"{model.config.describe()}; {n:,} parameters"
 
 
 def next_tokens(model, tokenizer, text: str, k: int = 5) -> list[str]:

@@ -50,7 +50,7 @@ class ModelConfig(Protocol):
         """The config.json that transformers loads back."""
 
     def describe(self) -> str:
-        """Layers, widths, heads and vocabulary in one line."""
+        """The family, then layers, widths, heads and vocabulary, in one line: 'gpt2: 12 layers, ...'."""
 
     def with_dropout(self, rate: float) -> "ModelConfig":
         """The same config with every dropout rate replaced by `rate` (needed only to honour `dropout_rate=`)."""

@@ -96,7 +96,7 @@ class GPT2Config:
         return cls(**{k: v for k, v in config.items() if k in names})
 
     def describe(self) -> str:
-        return f"{self.n_layer} layers, hidden {self.n_embd}, {self.n_head} heads, vocab {self.vocab_size}"
+        return f"gpt2: {self.n_layer} layers, hidden {self.n_embd}, {self.n_head} heads, vocab {self.vocab_size}"
 
     def to_hf(self) -> dict[str, Any]:
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "attention"}

@@ -132,7 +132,7 @@ class T5Config:
 
     def describe(self) -> str:
         kind = "v1.1-style (gated, untied)" if not self.tie_word_embeddings else "v1.0-style (tied, rescaled)"
-        return (f"{self.num_layers}+{self.n_decoder_layers} layers, d_model {self.d_model}, {self.num_heads} heads "
+        return (f"t5: {self.num_layers}+{self.n_decoder_layers} layers, d_model {self.d_model}, {self.num_heads} heads "
                 f"x {self.d_kv}, d_ff {self.d_ff} ({self.feed_forward_proj}), vocab {self.vocab_size}, {kind}")
 
     def to_hf(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class ToyConfig:
         return {"model_type": "toy", **dataclasses.asdict(self)}
 
     def describe(self):
-        return f"1 layer, hidden {self.hidden_size}, vocab {self.vocab_size}"
+        return f"toy: 1 layer, hidden {self.hidden_size}, vocab {self.vocab_size}"
 
 
 class Toy(nnx.Module):
