@@ -36,12 +36,26 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     ("classes", None),
     ("length", None),
 )
+# T5X's 2-D parameter partitioning (`parameter_partitioning_dims=2`): weights also split their `embed`
+# dimension over `data` (as ZeRO-3 / FSDP do), and each layer's weights are gathered when it runs. A
+# frozen model then takes 1/devices of HBM per chip instead of 1/model. Activations keep `embed` whole.
+PARAMETER_2D_RULES = tuple((name, "data" if name == "embed" else axis) for name, axis in DEFAULT_RULES)
+
+
+def rules_for(parameter_partitioning_dims: int):
+    """The rules table for 1-D (model axis only, the default) or 2-D (model and data) parameter sharding."""
+    if parameter_partitioning_dims not in (1, 2):
+        raise ValueError(f"parameter_partitioning_dims must be 1 or 2, got {parameter_partitioning_dims!r} "
+                         "(runtime/parameter_partitioning_2d.gin sets 2)")
+    return DEFAULT_RULES if parameter_partitioning_dims == 1 else PARAMETER_2D_RULES
 
 
 def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ('data', 'model') mesh over `devices` (default: all devices, all processes).
 
     `data=-1` takes whatever `model` leaves. Axis types are the classic auto ones.
+    Devices of several TPU slices (`slice_index`) make a hybrid mesh: `model` stays
+    inside a slice (ICI) and `data` spans the slices over DCN.
     """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
@@ -51,9 +65,15 @@ def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | No
         data = n // model
     if data * model != n:
         raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, found {n}")
-    try:
-        from jax.experimental import mesh_utils
+    from jax.experimental import mesh_utils
 
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:
+        if data % slices:
+            raise ValueError(f"the data axis ({data}) must be a multiple of the {slices} slices it spans")
+        grid = mesh_utils.create_hybrid_device_mesh((data // slices, model), (slices, 1), devices=devices)
+        return Mesh(grid, MESH_AXES)
+    try:
         grid = mesh_utils.create_device_mesh((data, model), devices=devices)
     except Exception:  # unusual topologies: fall back to the given order
         grid = np.asarray(devices).reshape(data, model)

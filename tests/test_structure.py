@@ -9,14 +9,14 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "prompt_tuning_jax"
 
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = {
-    "variables": 0, "files": 0, "partitioning": 0, "tokenizer": 0, "pretrained_prompts": 0,
+    "variables": 0, "files": 0, "partitioning": 0, "tokenizer": 0, "pretrained_prompts": 0, "topologies": 0,
     "models": 1, "data": 1,
     "prompts": 2, "heads": 2,
     "decoding": 3,
     "training": 4,
     "experiments": 5,
     "cli": 6, "info": 6, "find_module": 6, "extract_variable": 6,
-    "train": 7, "eval": 7, "infer": 7, "sweep": 7, "inspect": 7,
+    "train": 7, "eval": 7, "infer": 7, "sweep": 7, "inspect": 7, "compile": 7,
 }
 MAX_FUNCTION_LINES = 60
 

@@ -1,5 +1,5 @@
 """Our Flax NNX GPT-2 and T5, the seam they share (`base.py`), and their Hugging Face checkpoint loader."""
-from prompt_tuning_jax.models.base import PromptableModel, register_family
+from prompt_tuning_jax.models.base import PromptableModel, preset, register_family
 from prompt_tuning_jax.models.gpt2 import GPT2, GPT2Config
 from prompt_tuning_jax.models.hf import CheckpointError, from_pretrained, init_random, save_pretrained
 from prompt_tuning_jax.models.t5 import T5, T5Config
@@ -23,18 +23,6 @@ def hub_id(family: str, size: str) -> str:
         raise ValueError(f"{family} has no size {size!r}; its sizes: {', '.join(HUB_IDS[family])} "
                          "(include one of configs/models/sizes/)")
     return HUB_IDS[family][size]
-
-
-def preset(name: str):
-    """The config of a released size by its hub name ('gpt2-medium', 'google/t5-v1_1-base', 't5-small', ...)."""
-    from prompt_tuning_jax.models import gpt2, t5
-
-    short = name.split("/")[-1]
-    for table in (gpt2.PRESETS, t5.PRESETS):
-        if short in table:
-            return table[short]
-    known = sorted(gpt2.PRESETS) + sorted(t5.PRESETS)
-    raise ValueError(f"unknown model size {name!r}; known: {', '.join(known)}")
 
 
 __all__ = ["GPT2", "GPT2Config", "T5", "T5Config", "CheckpointError", "PromptableModel", "from_pretrained",

@@ -116,11 +116,22 @@ class PromptableModel(Protocol):
 
 
 FAMILIES: dict[str, tuple[type, type]] = {}
+PRESETS: dict[str, Any] = {}  # released sizes by hub name (no org): their configs, for use without the hub
 
 
-def register_family(model_type: str, config_cls: type, model_cls: type) -> None:
-    """Makes `from_pretrained` load checkpoints whose config.json says `model_type`."""
+def register_family(model_type: str, config_cls: type, model_cls: type, presets: dict[str, Any] = {}) -> None:  # noqa: B006
+    """Makes `from_pretrained` load checkpoints whose config.json says `model_type`; `presets` are the
+    configs of its released sizes by hub name ('gpt2-medium', 't5-xxl-lm-adapt')."""
     FAMILIES[model_type] = (config_cls, model_cls)
+    PRESETS.update(presets)
+
+
+def preset(name: str):
+    """The config of a released size by its hub name ('gpt2-medium', 'google/t5-v1_1-base', 't5-small', ...)."""
+    short = name.split("/")[-1]
+    if short not in PRESETS:
+        raise ValueError(f"unknown model size {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[short]
 
 
 def family(model_type: str) -> tuple[type, type]:

@@ -461,4 +461,4 @@ class GPT2(nnx.Module):
         return self.CHECKPOINT_PREFIX + ".".join(str(p) for p in path)
 
 
-base.register_family("gpt2", GPT2Config, GPT2)
+base.register_family("gpt2", GPT2Config, GPT2, PRESETS)

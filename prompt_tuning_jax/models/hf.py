@@ -248,6 +248,27 @@ def config_from_folder(folder: str, ckpt: Checkpoint | None = None):
         raise CheckpointError(f"{os.path.join(folder, 'config.json')}: {e}") from None
 
 
+def pretrained_config(name_or_path: str | os.PathLike, revision: str | None = None):
+    """A checkpoint's config without its weights (for building the model abstractly, `nnx.eval_shape`).
+
+    A local or gs:// folder: its config.json. A hub id of a released size (`models.preset`:
+    gpt2 to gpt2-xl, T5, T5 1.1, lm-adapt and Flan-T5 small to xxl): the shipped config, with
+    no network. Any other hub id: its config.json from the hub or the Hugging Face cache.
+    """
+    name = os.fspath(name_or_path)
+    if files.is_local(name) and not _looks_local(name) and not os.path.exists(os.path.expanduser(name)):
+        try:
+            return base.preset(name)
+        except ValueError:
+            pass
+    if not files.is_local(name):
+        if not files.is_file(os.path.join(name, "config.json")):
+            raise CheckpointError(f"{name}/config.json not found: a Hugging Face checkpoint folder needs its "
+                                  "config.json")
+        return config_from_folder(files.local_folder(name, ("config.json",)))
+    return config_from_folder(resolve_folder(name, revision))
+
+
 def with_dropout_rate(config, dropout_rate: float | None):
     """`config` with every dropout rate replaced by `dropout_rate`; unchanged when it is None."""
     if dropout_rate is None:

@@ -554,4 +554,4 @@ class T5(nnx.Module):
         return ".".join(str(p) for p in path)
 
 
-base.register_family("t5", T5Config, T5)
+base.register_family("t5", T5Config, T5, PRESETS)

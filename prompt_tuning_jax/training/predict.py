@@ -35,6 +35,10 @@ class Predictor:
         model = nnx.merge(self.state.graphdef, trainable, frozen)
         return objectives.predict_classes(model, batch, self.objective, *labels)
 
+    def lower(self, batch: dict[str, jax.ShapeDtypeStruct], labels=(None, None)) -> jax.stages.Lowered:
+        """The prediction program lowered for a global batch; labels: ShapeDtypeStructs [C, L] or (None, None)."""
+        return self._predict.lower(self.state.trainable, self.state.frozen, batch, labels)
+
     def _dispatch(self, local_batch, label_ids=None, label_mask=None) -> jax.Array:
         self.state.check_batch(local_batch)
         labels = (None, None) if label_ids is None else (np.asarray(label_ids, np.int32),
@@ -89,6 +93,11 @@ class Generator:
         rows = state.batch_sharding
         self._generate = jax.jit(generate, in_shardings=(state.replicated, state.frozen_shardings, rows, rows, rows),
                                  out_shardings=state.replicated)
+
+    def lower(self, batch: dict[str, jax.ShapeDtypeStruct]) -> jax.stages.Lowered:
+        """The whole decoding loop lowered for a global batch (input_ids, attention_mask, task_index)."""
+        return self._generate.lower(self.state.trainable, self.state.frozen, batch["input_ids"],
+                                    batch["attention_mask"], batch["task_index"])
 
     def generate(self, local_batch: dict[str, np.ndarray]) -> jax.Array:
         """This process's rows -> tokens [B_global, N] (replicated; read with `partitioning.host_value`)."""

@@ -11,6 +11,11 @@ trainable state is replicated; the frozen weights are sharded by their logical
 axes (`partitioning.DEFAULT_RULES`); batches are split over the mesh's `data`
 axis, each process supplying only its own rows. Both states are pure nested
 dicts of jax.Arrays, so they go straight into `jax.jit` with explicit shardings.
+
+An abstract prompted model (`nnx.eval_shape`: ShapeDtypeStruct leaves, no weights)
+gives an abstract state: ShapeDtypeStructs that carry their shardings, for
+lowering and compiling the programs ahead of time (`Trainer.lower`,
+`Predictor.lower`, `Generator.lower`, `experiments.planning`).
 """
 from __future__ import annotations
 
@@ -49,8 +54,18 @@ class MeshState:
             trainable, is_leaf=lambda x: isinstance(x, nnx.Variable)))
         self.frozen_shardings = partitioning.state_shardings(frozen, self.mesh, self.rules)
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
-        self.trainable = jax.device_put(nnx.to_pure_dict(trainable), self.trainable_shardings)
-        self.frozen = jax.device_put(nnx.to_pure_dict(frozen), self.frozen_shardings)
+        self.trainable = place(nnx.to_pure_dict(trainable), self.trainable_shardings)
+        self.frozen = place(nnx.to_pure_dict(frozen), self.frozen_shardings)
+
+    @property
+    def is_abstract(self) -> bool:
+        """Whether this state holds shapes only (built from `nnx.eval_shape`), for compiling ahead of time."""
+        return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(self.frozen))
+
+    def abstract_batch(self, shapes: dict[str, tuple[tuple[int, ...], object]]) -> dict[str, jax.ShapeDtypeStruct]:
+        """{key: (global shape, dtype)} -> ShapeDtypeStructs split over `data`, like `put_batch`'s arrays."""
+        return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding)
+                for key, (shape, dtype) in shapes.items()}
 
     def merge(self, trainable=None) -> nnx.Module:
         """The live prompted model with `trainable` (default: the current state)."""
@@ -114,6 +129,16 @@ class MeshState:
         array = load_prompt(path, expected_shape=current.shape)
         trainable = dict(self.trainable, soft_prompt=jnp.asarray(array, current.dtype))
         self.trainable = jax.device_put(trainable, self.trainable_shardings)
+
+
+def place(tree, shardings):
+    """Arrays -> device_put with their shardings; ShapeDtypeStructs -> ShapeDtypeStructs carrying them."""
+    def one(x, sharding):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(one, tree, shardings)
 
 
 def check_checkpoint_path(checkpoint_path: str | os.PathLike) -> str:

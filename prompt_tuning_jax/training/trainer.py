@@ -101,7 +101,11 @@ class Trainer:
             raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
         self.state, self.tx, self.objective, self.accum_steps = state, optimizer, objective, accum_steps
         self.seed = seed
-        self.opt_state = jax.jit(optimizer.init, out_shardings=state.replicated)(state.trainable)
+        if state.is_abstract:
+            self.opt_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=state.replicated),
+                                          jax.eval_shape(optimizer.init, state.trainable))
+        else:
+            self.opt_state = jax.jit(optimizer.init, out_shardings=state.replicated)(state.trainable)
         self.step = 0
         step_fn = functools.partial(_train_step, graphdef=state.graphdef, tx=optimizer, objective=objective,
                                     accum_steps=accum_steps, seed=seed)
@@ -137,6 +141,12 @@ class Trainer:
                                                                    self.state.frozen, batch, np.int32(self.step))
         self.step += 1
         return metrics
+
+    def lower(self, batch: dict[str, jax.ShapeDtypeStruct]) -> jax.stages.Lowered:
+        """The step lowered for a global batch (`MeshState.abstract_batch`); `.compile()` it to see its
+        memory and FLOPs per device without running it (works on an abstract state)."""
+        step = jax.ShapeDtypeStruct((), jnp.int32, sharding=self.state.replicated)
+        return self._step.lower(self.state.trainable, self.opt_state, self.state.frozen, batch, step)
 
     def prompted_model(self):
         """A live PromptedModel with the current trainable state (for decoding, export, notebooks)."""
