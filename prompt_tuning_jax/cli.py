@@ -139,15 +139,22 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, bindings
 
 
-def main(entry: Callable[[], None], description: str, argv=None) -> int:
-    """Parses flags and gin, starts multi-host JAX, runs `entry`; errors are one `error:` line and exit 2."""
+def main(entry: Callable[..., None], description: str, argv=None,
+         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """Parses flags and gin, starts multi-host JAX, runs `entry`; errors are one `error:` line and exit 2.
+
+    add_arguments: adds a command's own flags to the parser; `entry` then gets the parsed args.
+    """
     argv = sys.argv[1:] if argv is None else argv
     try:
         rest, bindings = split_gin_flags(argv)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    args = build_parser(description).parse_args(rest)
+    parser = build_parser(description)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(rest)
     if not args.verbose:  # a library's worker thread failing with the main error prints no traceback of its own
         threading.excepthook = lambda hook_args: logging.getLogger(__name__).debug(
             "thread %s: %s", hook_args.thread, hook_args.exc_value)
@@ -171,7 +178,7 @@ def main(entry: Callable[[], None], description: str, argv=None) -> int:
         if not args.gin_file and not bindings:
             raise ValueError("no configuration: pass --gin_file=... (see configs/runs/)")
         parse_gin(args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p])
-        entry()
+        entry(args) if add_arguments is not None else entry()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -10,13 +10,20 @@
 # MODEL_DIR must be a gs:// path: every host of the slice writes its shards of the checkpoints.
 # The model axis must divide the device count (v4-32: 16 devices, mesh (2, 8)); on a v4-8
 # (4 devices) add --gin.MESH_SHAPE="(-1, 4)". Extra arguments are appended. PYTHON=echo prints the command.
+# COMPILE_FOR=v4-32 compiles the same run for that slice instead of training (python -m
+# prompt_tuning_jax.compile: per-chip memory of each program against the HBM; no TPU needed), e.g.
+#   MODEL_DIR=gs://BUCKET/sst2_xxl COMPILE_FOR=v4-32 bash scripts/sst2_xxl_demo.sh --json=plan.json
 set -euo pipefail
 if [[ ${MODEL_DIR:-} != gs://* ]]; then
   echo "error: set MODEL_DIR to a gs:// path (got '${MODEL_DIR:-}'): a pod slice has one disk per host, e.g. MODEL_DIR=gs://BUCKET/sst2_xxl bash $0" >&2
   exit 2
 fi
 read -r -a python <<< "${PYTHON:-python3}"
-exec "${python[@]}" -m prompt_tuning_jax.train \
+command=(-m prompt_tuning_jax.train)
+if [[ -n ${COMPILE_FOR:-} ]]; then
+  command=(-m prompt_tuning_jax.compile --accelerator="${COMPILE_FOR}")
+fi
+exec "${python[@]}" "${command[@]}" \
   --gin_file=models/t5_1_1_lm100k_xxl.gin \
   --gin_file=prompts/from_class_labels.gin \
   --gin_file=runtime/model_parallel_8.gin \

@@ -21,7 +21,7 @@ from typing import Sequence
 import jax
 
 from prompt_tuning_jax.decoding import DecodeSpec
-from prompt_tuning_jax.experiments import loading
+from prompt_tuning_jax.experiments import loading, planning
 from prompt_tuning_jax.experiments.scoring import TaskScorer, check_scoring
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec
 from prompt_tuning_jax.files import atomic_write
@@ -44,6 +44,8 @@ def evaluate(model: ModelSpec, prompt: PromptSpec, data: DataSpec, checkpoint_pa
     if isinstance(checkpoint_path, (list, tuple)):
         return _evaluate_ensemble(model, prompt, data, task, list(checkpoint_path), output_dir, scoring, decoding,
                                   mesh_shape)
+    mesh_shape = planning.resolve_mesh_shape(planning.Run("evaluate", model, prompt, data, decoding=decoding,
+                                                          scoring=scoring, mesh_shape=mesh_shape))
     loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape), checkpoint_path)
     tok = loading.tokenize_split(task, data.eval_split, loaded, data, limit=data.eval_limit)
     scorer = TaskScorer(loaded, task, tok, data, scoring=scoring, decoding=decoding, padding_side=model.padding_side)

@@ -21,7 +21,7 @@ import jax
 
 from prompt_tuning_jax.data import EvalIterator, pipeline
 from prompt_tuning_jax.decoding import DecodeSpec
-from prompt_tuning_jax.experiments import loading, scoring
+from prompt_tuning_jax.experiments import loading, planning, scoring
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec
 from prompt_tuning_jax import files
 from prompt_tuning_jax.files import atomic_write
@@ -47,6 +47,8 @@ def infer(model: ModelSpec, prompt: PromptSpec, data: DataSpec, checkpoint_path:
                          "(use evaluate() for its metrics)")
     tasks = data.tasks()
     task = tasks[0] if tasks else None
+    mesh_shape = planning.resolve_mesh_shape(planning.Run("infer", model, prompt, data, decoding=decoding,
+                                                          mesh_shape=mesh_shape))
     loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape), checkpoint_path)
     tok = _inputs(task, inputs_file, loaded, data)
     generator = scoring.make_generator(loaded, decoding, scoring.default_max_new_tokens(task, loaded, data))

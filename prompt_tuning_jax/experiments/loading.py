@@ -42,7 +42,7 @@ def load_prompted(model: ModelSpec, prompt: PromptSpec, tasks: Sequence, mesh,
     base = model.load(mesh=mesh)
     tokenizer = model.load_tokenizer()
     prompted = prompt.build(base, tokenizer)
-    state = MeshState(prompted, mesh, trainable=prompt.trainable(prompted))
+    state = MeshState(prompted, mesh, rules=model.rules, trainable=prompt.trainable(prompted))
     if checkpoint_path:
         state.restore(checkpoint_path)
     return Loaded(state, tokenizer, base, prompt)
@@ -100,7 +100,8 @@ def make_mesh(mesh_shape: Sequence[int]):
           and (mesh_shape[0] == -1 or mesh_shape[0] >= 1) and mesh_shape[1] >= 1)
     if not ok:
         raise ValueError(f"MESH_SHAPE must be (data, model) with model >= 1 and data >= 1 or -1 (all the rest), "
-                         f"got {mesh_shape!r}: e.g. --gin.MESH_SHAPE=\"(-1, 1)\"")
+                         f"got {mesh_shape!r}: e.g. --gin.MESH_SHAPE=\"(-1, 1)\", or 'auto' (the smallest model axis "
+                         "that fits, found by compiling)")
     try:
         return partitioning.make_mesh(*mesh_shape)
     except ValueError as e:

@@ -64,6 +64,9 @@ class ModelSpec:
     `models.common.pick_attention`) | 'einsum' | 'xla' | 'cudnn'. revision: the hub
     revision (branch, tag or commit) of a hub id; with HF_HUB_OFFLINE=1 hub ids load
     from the Hugging Face cache, and HF_TOKEN opens gated repositories.
+    parameter_partitioning_dims: 1 shards weights over the mesh's `model` axis only; 2 (T5X's
+    2-D parameter partitioning, runtime/parameter_partitioning_2d.gin) also splits their
+    `embed` dimension over `data` (`partitioning.PARAMETER_2D_RULES`).
     """
 
     path: str
@@ -75,8 +78,12 @@ class ModelSpec:
     dropout_rate: float | None = None
     attention: str = "auto"
     revision: str | None = None
+    parameter_partitioning_dims: int = 1
 
     def __post_init__(self):
+        from prompt_tuning_jax import partitioning
+
+        partitioning.rules_for(self.parameter_partitioning_dims)
         for field, name in (("dtype", "COMPUTE_DTYPE (ptj.ModelSpec.dtype)"),
                             ("param_dtype", "ptj.ModelSpec.param_dtype")):
             value = getattr(self, field)
@@ -86,12 +93,28 @@ class ModelSpec:
         if self.padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
 
+    @property
+    def rules(self):
+        """The logical-axis rules that place this model's weights (`partitioning.rules_for`)."""
+        from prompt_tuning_jax import partitioning
+
+        return partitioning.rules_for(self.parameter_partitioning_dims)
+
     def load(self, mesh=None):
         from prompt_tuning_jax.models import from_pretrained
 
         return from_pretrained(self.path, dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype),
-                               mesh=mesh, remat=self.remat, dropout_rate=self.dropout_rate, attention=self.attention,
-                               revision=self.revision)
+                               mesh=mesh, rules=self.rules, remat=self.remat, dropout_rate=self.dropout_rate,
+                               attention=self.attention, revision=self.revision)
+
+    def build_abstract(self):
+        """A function that builds this model with random weights (no files read): run it inside
+        `nnx.eval_shape` for the model's shapes alone. Its config comes from `models.hf.pretrained_config`."""
+        from prompt_tuning_jax.models.hf import init_random, pretrained_config
+
+        config = pretrained_config(self.path, self.revision)
+        return lambda: init_random(config, dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype),
+                                   remat=self.remat, dropout_rate=self.dropout_rate, attention=self.attention)
 
     def load_tokenizer(self):
         from prompt_tuning_jax.tokenizer import load_tokenizer

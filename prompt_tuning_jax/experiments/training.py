@@ -24,7 +24,7 @@ import numpy as np
 
 from prompt_tuning_jax import files
 from prompt_tuning_jax.data import TrainIterator
-from prompt_tuning_jax.experiments import loading
+from prompt_tuning_jax.experiments import loading, planning
 from prompt_tuning_jax.experiments.scoring import TaskScorer
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec, TrainSpec
 from prompt_tuning_jax.prompts.io import export_peft_lora
@@ -62,6 +62,8 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
 
 
 def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, tasks) -> dict:
+    mesh_shape = planning.resolve_mesh_shape(planning.Run("train", model, prompt, data, schedule, optimizer,
+                                                          mesh_shape=mesh_shape))
     loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape))
     if prompt.demonstrations is not None:
         return _in_context(model_dir, loaded, model, data, schedule, tasks)
