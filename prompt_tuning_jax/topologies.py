@@ -15,6 +15,7 @@ follow gcloud's accelerator types and MaxText's `accelerator_to_spec_map.py`:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -88,13 +89,22 @@ def has_libtpu() -> bool:
     return True
 
 
-def quiet_libtpu(spec: Accelerator) -> None:
-    """Tells libtpu which slice it is on, so that it does not probe cloud metadata (no network) and warn,
-    and lets several processes load it (its lock file guards a real TPU; compiling ahead of time needs none)."""
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", spec.name)
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+@contextlib.contextmanager
+def quiet_libtpu(spec: Accelerator):
+    """While libtpu loads: tells it which slice it is on, so that it does not probe cloud metadata (no
+    network) and warn, and lets several processes load it (its lock file guards a real TPU; compiling
+    ahead of time needs none). The variables are restored after: they would make this process look
+    like a TPU VM (`training.distributed`)."""
+    names = {"TPU_SKIP_MDS_QUERY": "1", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_ACCELERATOR_TYPE": spec.name,
+             "TPU_WORKER_HOSTNAMES": "localhost"}
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: value for name, value in names.items() if before[name] is None})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
 
 
 def target_devices(spec: Accelerator, num_slices: int = 1) -> list:
@@ -107,10 +117,10 @@ def target_devices(spec: Accelerator, num_slices: int = 1) -> list:
         raise RuntimeError(f"compiling for {spec.name} needs the TPU compiler, libtpu: {install_command()}")
     if num_slices < 1:
         raise ValueError(f"--num_slices must be >= 1, got {num_slices}")
-    quiet_libtpu(spec)
     from jax.experimental.topologies import get_topology_desc
 
-    topology = get_topology_desc(platform="tpu", topology_name=spec.topology,
-                                 chip_config_name="megacore" if spec.megacore else "default",
-                                 chips_per_host_bounds=spec.chips_per_host, num_slices=num_slices, wrap=spec.wrap)
+    with quiet_libtpu(spec):
+        topology = get_topology_desc(platform="tpu", topology_name=spec.topology,
+                                     chip_config_name="megacore" if spec.megacore else "default",
+                                     chips_per_host_bounds=spec.chips_per_host, num_slices=num_slices, wrap=spec.wrap)
     return list(topology.devices)

@@ -75,7 +75,7 @@ def test_there_are_configs_of_every_kind():
                                                         "prompt_infer.gin", "demo.gin"}
     assert len(DECODING) == 3
     assert {p.stem for p in (CONFIGS / "runtime").glob("*.gin")} == {"bfloat16", "model_parallel_8",
-                                                                     "grad_accum_4"}
+                                                                     "grad_accum_4", "parameter_partitioning_2d"}
     for folder in [CONFIGS, *(p for p in CONFIGS.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
         assert (folder / "__init__.py").exists(), folder  # shipped as package data
 
@@ -168,6 +168,8 @@ def test_runtime_overrides_model_defaults_even_with_runs_last(runtime_file):
         assert model.dtype == "bfloat16"
     if "accum" in runtime_file:
         assert accum == 4
+    if "partitioning_2d" in runtime_file:
+        assert model.parameter_partitioning_dims == 2 and dict(model.rules)["embed"] == "data"
 
 
 @pytest.mark.parametrize("decoding_file", DECODING)
