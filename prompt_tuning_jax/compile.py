@@ -73,7 +73,8 @@ def describe(job: planning.Run, plan: planning.Plan) -> str:
     for p in plan.programs.values():
         lines.append(f"{p.name:<14} {p.weights / GiB:>6.2f} {p.trainable / GiB:>10.3f} {p.batch / GiB:>7.3f} "
                      f"{p.temporary / GiB:>10.2f} {p.peak / GiB:>7.2f} {plan.hbm_bytes / GiB:>6.1f}  "
-                     f"{'yes' if p.fits(plan.hbm_bytes) else 'NO':<4}  {p.flops / 1e12:>9.2f} {p.compile_s:>10.1f}")
+                     f"{'yes' if p.fits(plan.hbm_bytes) else 'NO':<4}  {p.flops / 1e12:>9.2f} {p.compile_s:>10.1f}"
+                     + ("  (not compiled: weights alone exceed the HBM)" if p.error == planning.WEIGHTS_ALONE else ""))
     return "\n".join(lines)
 
 

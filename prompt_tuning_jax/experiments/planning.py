@@ -92,7 +92,7 @@ class ProgramReport:
     temporary: int = 0
     flops: float = 0.0
     compile_s: float = 0.0
-    error: str | None = None  # the compiler's own out-of-memory message, when it gave up
+    error: str | None = None  # the compiler's own out-of-memory message, or WEIGHTS_ALONE
 
     @property
     def peak(self) -> int:
@@ -203,6 +203,7 @@ def _lowerings(run: Run, state: MeshState, prompt: PromptSpec) -> dict:
 
 # --- compiling ------------------------------------------------------------------------------
 
+WEIGHTS_ALONE = "not compiled: the frozen weights alone exceed the HBM"
 OOM = re.compile(r"RESOURCE_EXHAUSTED|[Rr]an out of memory|exceeds available HBM|Out of memory")
 
 
@@ -252,6 +253,11 @@ def compile_run(run: Run, devices: Sequence, hbm_bytes: int | None, mesh_shape=N
     for name, (lower, trainable, batch) in _lowerings(run, state, prompt).items():
         if programs is not None and name not in programs:
             continue
+        if hbm_bytes is not None and weights > hbm_bytes:  # minutes of compiling could only say no
+            plan.programs[name] = ProgramReport(name, weights, shard_bytes(trainable), shard_bytes(batch),
+                                                error=WEIGHTS_ALONE)
+            plan.programs[name].arguments = weights + plan.programs[name].trainable + plan.programs[name].batch
+            continue
         plan.programs[name] = compile_program(name, lower, trainable, batch, weights)
         if stop_at_unfit and not plan.programs[name].fits(hbm_bytes):
             break
@@ -285,30 +291,42 @@ def auto_mesh_shape(run: Run, devices: Sequence, hbm_bytes: int | None,
 def no_fit_message(run: Run, plans: Sequence[Plan], hbm_bytes: int | None, devices: int) -> str:
     """One line: the program that does not fit, GiB needed against the HBM, and what to change."""
     if not plans:
-        tips = [t for t in _advice(run, devices, (1, devices)) if "bfloat16" in t or "2-D" in t]
+        tips = _advice(run, devices, (1, devices), weights=(0, 0))
         return (f"no MESH_SHAPE of {devices} devices fits: the frozen weights alone exceed {hbm_bytes / GiB:.1f} GiB "
                 f"per chip at every model-parallel degree that divides BATCH_SIZE {run.data.batch_size}: "
                 + "; or ".join(tips + ["use a bigger slice"]))
     plan = min(plans, key=lambda p: p.first_unfit().peak if p.first_unfit() else 0)
     program = plan.first_unfit()
     hbm = f"{hbm_bytes / GiB:.1f} GiB" if hbm_bytes is not None else "the device memory"
+    if program.error == WEIGHTS_ALONE:
+        return (f"{program.name} needs more than {program.peak / GiB:.1f} GiB per chip on MESH_SHAPE "
+                f"{plan.mesh_shape}: the frozen weights alone take {program.weights / GiB:.1f} GiB (so it was not "
+                f"compiled) but a chip has {hbm}: "
+                + "; or ".join(_advice(run, devices, plan.mesh_shape, weights=(program.weights, hbm_bytes))))
     return (f"{program.name} needs {program.peak / GiB:.1f} GiB per chip on MESH_SHAPE {plan.mesh_shape} "
             f"(weights {program.weights / GiB:.1f}, trainable {program.trainable / GiB:.2f}, batch "
             f"{program.batch / GiB:.2f}, temporaries {program.temporary / GiB:.1f}) but a chip has {hbm}: "
             + "; or ".join(_advice(run, devices, plan.mesh_shape)))
 
 
-def _advice(run: Run, devices: int, mesh_shape) -> list[str]:
-    """What could make it fit, given what the run already does."""
-    tips = []
+def _advice(run: Run, devices: int, mesh_shape, weights: tuple[int, int] | None = None) -> list[str]:
+    """What could make it fit, given what the run already does.
+
+    `weights`: (bytes per chip, HBM bytes) when the weights alone are too big: then only what shrinks them,
+    and a model axis large enough for them (their sharded part shrinks with it).
+    """
+    tips, weights_only = [], weights is not None
     model = mesh_shape[1] if mesh_shape else 1
     larger = [d for d in range(model + 1, devices + 1) if devices % d == 0]
+    if weights_only and weights[1]:
+        larger = [d for d in larger if weights[0] * model / d <= weights[1]] or larger[-1:]
     if larger:
         tips.append(f"raise the model axis (MESH_SHAPE=(-1, {larger[0]}), or 'auto')")
-    tips.append("lower BATCH_SIZE or raise ACCUM_STEPS")
-    if not run.model.remat:
+    if not weights_only:
+        tips.append("lower BATCH_SIZE or raise ACCUM_STEPS")
+    if not run.model.remat and not weights_only:
         tips.append("rematerialise blocks (ptj.ModelSpec.remat = True)")
-    if run.model.param_dtype != "bfloat16" or run.model.dtype not in ("bfloat16", "auto"):
+    if run.model.param_dtype != "bfloat16" or (run.model.dtype not in ("bfloat16", "auto") and not weights_only):
         tips.append("store and compute in bfloat16 (runtime/bfloat16.gin, ptj.ModelSpec.param_dtype = 'bfloat16')")
     if run.model.parameter_partitioning_dims == 1:
         tips.append("shard weights 2-D (runtime/parameter_partitioning_2d.gin)")

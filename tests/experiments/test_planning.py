@@ -3,6 +3,7 @@
 These run on the 8 fake CPU devices (XLA:CPU reports memory too); tests/test_compile.py does the same for
 TPU topologies with libtpu.
 """
+import dataclasses
 import json
 
 import jax
@@ -109,13 +110,21 @@ def test_nothing_fits_names_the_program_and_what_to_change(config_only):
     with pytest.raises(ValueError, match="frozen weights alone exceed") as e:
         planning.auto_mesh_shape(run, jax.devices(), hbm_bytes=1000)
     assert "MESH_SHAPE=(" not in str(e.value) and "bfloat16" in str(e.value) and "bigger slice" in str(e.value)
-    plan = planning.compile_run(run, jax.devices(), hbm_bytes=planning.GiB // 1024, mesh_shape=(8, 1),
-                                programs=["train_step"])
-    message = planning.no_fit_message(run, [plan], plan.hbm_bytes, 8)
-    assert message.startswith("train_step needs 0.0 GiB per chip on MESH_SHAPE (8, 1)")
+    plan = planning.compile_run(run, jax.devices(), None, mesh_shape=(8, 1), programs=["train_step"])
+    step = plan.programs["train_step"]
+    between = (step.weights + step.peak) // 2  # the weights fit, the step does not
+    message = planning.no_fit_message(run, [dataclasses.replace(plan, hbm_bytes=between)], between, 8)
+    assert message.startswith("train_step needs 0.0 GiB per chip on MESH_SHAPE (8, 1) (weights 0.0")
     for advice in ("MESH_SHAPE=(-1, 2)", "BATCH_SIZE", "ACCUM_STEPS", "remat = True", "bfloat16",
                    "parameter_partitioning_2d.gin"):
         assert advice in message
+    # Weights alone over the HBM on a fixed mesh: refused without compiling, and only advice that shrinks weights.
+    plan = planning.compile_run(run, jax.devices(), hbm_bytes=1000, mesh_shape=(8, 1), programs=["train_step"])
+    step = plan.programs["train_step"]
+    assert step.error == planning.WEIGHTS_ALONE and step.compile_s == 0 and not plan.fits
+    message = planning.no_fit_message(run, [plan], 1000, 8)
+    assert "the frozen weights alone take" in message and "so it was not compiled" in message
+    assert "MESH_SHAPE=(-1, 8)" in message and "ACCUM_STEPS" not in message and "remat" not in message  # none is enough
 
 
 def test_batch_that_does_not_split_over_data_is_refused(config_only):
