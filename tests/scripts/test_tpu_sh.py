@@ -420,11 +420,12 @@ def test_sst2_demo_needs_a_model_dir(tmp_path):
     assert out.returncode == 2 and "MODEL_DIR" in one_error_line(out) and out.stdout == ""
 
 
-def test_sst2_xxl_demo_is_model_parallel_and_needs_gs(tmp_path):
+def test_sst2_xxl_demo_lets_the_compiler_pick_the_mesh_and_needs_gs(tmp_path):
     out = demo_argv("sst2_xxl_demo.sh", tmp_path, MODEL_DIR="gs://bucket/xxl")
     assert out.returncode == 0, out.stderr
     argv = json.loads(out.stdout)
     assert "--gin_file=models/t5_1_1_lm100k_xxl.gin" in argv and "--gin_file=runtime/model_parallel_8.gin" in argv
+    assert argv.index("--gin.MESH_SHAPE='auto'") > argv.index("--gin_file=runtime/model_parallel_8.gin")
     assert "--gin.MODEL_DIR='gs://bucket/xxl'" in argv
     check_gin(argv)
     local = demo_argv("sst2_xxl_demo.sh", tmp_path, MODEL_DIR="runs/xxl")
