@@ -356,7 +356,10 @@ class GPT2(nnx.Module):
         bias = (common.causal_bias(s, p + s, offset=p)
                 + common.padding_bias(jnp.concatenate([jnp.ones((rb, p), mask.dtype), mask], axis=1), p + s))
         for block, kv in zip(self.h, prefix_kv):
-            x = block(x, bias, prefix=kv)
+            if self.remat:  # as in forward_embeddings: without it every layer's [heads, S, P+S] scores stay live
+                x = nnx.remat(type(block).__call__)(block, x, bias, None, kv)
+            else:
+                x = block(x, bias, prefix=kv)
         # Target l is predicted from the position before it: the prefix's last one for l = 0 of an empty input.
         hidden = jnp.concatenate([jnp.broadcast_to(prefix_hidden[:, -1:], (rb, 1, x.shape[-1])), self.ln_f(x)], 1)
         pos = at[:, None] + jnp.arange(length)[None, :]  # in `hidden`, shifted by the prefix's row
