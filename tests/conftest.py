@@ -5,7 +5,7 @@ Eight fake CPU devices are configured before JAX starts so mesh tests can run an
 Markers: `slow` marks the tests that take more than a few seconds on a 2-core CPU (command-line runs
 in subprocesses, training loops, parity with PEFT/transformers on bigger batches). They run by default:
 
-    python -m pytest tests -q                  # everything (the README and CI command)
+    python -m pytest tests -q -n 2             # everything (the README and CI command; 2 xdist workers)
     python -m pytest tests -m "not slow" -q    # the quick subset, under two minutes
 
 Plain helper functions (tiny-model builder, batches, comparisons, command lines) are in helpers.py:
