@@ -21,6 +21,8 @@ setup(
         "flax>=0.11",
         "optax>=0.2.3",
         "orbax-checkpoint>=0.6",
+        "tensorstore>=0.1.60",  # T5X checkpoints' zarr arrays (models/t5x.py); orbax needs it too
+        "msgpack>=1.0",  # T5X checkpoints' `checkpoint` file; flax needs it too
         "etils[epath]>=1.5",
         "gin-config>=0.5",
         "transformers>=4.45",

@@ -172,6 +172,35 @@ def test_bad_files_are_named(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_bad_t5x_checkpoints_are_named(tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+    from flax import serialization
+
+    fixture = REPO / "tests" / "models" / "fixtures" / "t5x_tiny" / "checkpoint_3"
+    damaged, missing, foreign = (tmp_path / name for name in ("damaged", "missing", "foreign"))
+    for folder in (damaged, missing, foreign):
+        shutil.copytree(fixture, folder)
+    (damaged / "checkpoint").write_bytes((fixture / "checkpoint").read_bytes()[:4096])  # a cut-off copy
+    shutil.rmtree(missing / "target.encoder.layers_0.attention.query.kernel")
+    contents = serialization.msgpack_restore((fixture / "checkpoint").read_bytes())
+    contents["optimizer"]["target"]["encoder"]["adapter"] = {"kernel": np.zeros((4, 2), np.float32)}
+    (foreign / "checkpoint").write_bytes(serialization.msgpack_serialize(contents))
+    cases = [
+        ("T5X checkpoint with a damaged msgpack", damaged, [f"{damaged}/checkpoint", "not a readable T5X"]),
+        ("T5X checkpoint missing a zarr array", missing,
+         [f"{missing}/target.encoder.layers_0.attention.query.kernel", "cannot open the zarr array"]),
+        ("T5X checkpoint of another model", foreign,
+         [f"{foreign}/checkpoint", "not a T5X checkpoint of T5", "target/encoder/adapter/kernel"]),
+    ]
+    for name, folder, names in cases:
+        code, _, err = run_train(capsys, f"--gin.INITIAL_CHECKPOINT_PATH='{folder}'",
+                                 model_dir=tmp_path / name.replace(" ", "_"))
+        TABLE.append((name, code, assert_one_error_line(code, err, *names)))
+
+
+@pytest.mark.slow
 def test_a_real_process_exits_2_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "prompt_tuning_jax.train", "--gin_file=runs/demo.gin",
                            f"--gin.MODEL_DIR='{tmp_path}/run'", "--gin.TRAIN_STEPZ=5"],

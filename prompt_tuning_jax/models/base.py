@@ -115,6 +115,10 @@ class PromptableModel(Protocol):
         """
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file or tensor and the fix."""
+
+
 FAMILIES: dict[str, tuple[type, type]] = {}
 PRESETS: dict[str, Any] = {}  # released sizes by hub name (no org): their configs, for use without the hub
 

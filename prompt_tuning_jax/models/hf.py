@@ -4,7 +4,9 @@ Our parameter paths mirror the checkpoint's tensor names, so a model's
 `checkpoint_key(path)` is the whole mapping (GPT-2 adds the `transformer.`
 prefix). Reads `config.json` plus `model.safetensors`, sharded safetensors with
 their `*.index.json`, or `pytorch_model.bin` (when torch is installed), from a
-local folder or from the hub. Writes a folder transformers loads back.
+local folder or from the hub. Writes a folder transformers loads back. A T5X
+checkpoint directory (`models/t5x.py`) loads through the same path: its names are
+mapped to Hugging Face's.
 
 T5 configs come in two styles (see `T5Config.from_hf`): hub configs mark v1.1
 with `"tie_word_embeddings": false`; transformers 5 writes
@@ -29,13 +31,10 @@ from flax import nnx
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import files
 from prompt_tuning_jax.files import atomic_write
-from prompt_tuning_jax.models import base
+from prompt_tuning_jax.models import base, t5x
+from prompt_tuning_jax.models.base import CheckpointError
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message names the file or tensor and the fix."""
 
 
 _SAFETENSORS_DTYPES = {
@@ -248,25 +247,40 @@ def config_from_folder(folder: str, ckpt: Checkpoint | None = None):
         raise CheckpointError(f"{os.path.join(folder, 'config.json')}: {e}") from None
 
 
-def pretrained_config(name_or_path: str | os.PathLike, revision: str | None = None):
+def pretrained_config(name_or_path: str | os.PathLike, revision: str | None = None,
+                      config_overrides: dict | None = None):
     """A checkpoint's config without its weights (for building the model abstractly, `nnx.eval_shape`).
 
-    A local or gs:// folder: its config.json. A hub id of a released size (`models.preset`:
+    A local or gs:// folder: its config.json. A T5X checkpoint directory: its shapes
+    (`t5x.config_from_checkpoint`). A hub id of a released size (`models.preset`:
     gpt2 to gpt2-xl, T5, T5 1.1, lm-adapt and Flan-T5 small to xxl): the shipped config, with
     no network. Any other hub id: its config.json from the hub or the Hugging Face cache.
+    `config_overrides`: config fields that replace the checkpoint's ({'dropout_rate': 0.0}).
     """
     name = os.fspath(name_or_path)
+    if t5x.is_t5x_checkpoint(name):
+        return t5x.config_from_checkpoint(name, config_overrides)
     if files.is_local(name) and not _looks_local(name) and not os.path.exists(os.path.expanduser(name)):
         try:
-            return base.preset(name)
+            return with_overrides(base.preset(name), config_overrides)
         except ValueError:
             pass
     if not files.is_local(name):
         if not files.is_file(os.path.join(name, "config.json")):
             raise CheckpointError(f"{name}/config.json not found: a Hugging Face checkpoint folder needs its "
                                   "config.json")
-        return config_from_folder(files.local_folder(name, ("config.json",)))
-    return config_from_folder(resolve_folder(name, revision))
+        return with_overrides(config_from_folder(files.local_folder(name, ("config.json",))), config_overrides)
+    return with_overrides(config_from_folder(resolve_folder(name, revision)), config_overrides)
+
+
+def with_overrides(config, config_overrides: dict | None):
+    """`config` with the fields in `config_overrides` replaced; unchanged when it is None or empty."""
+    if not config_overrides:
+        return config
+    try:
+        return dataclasses.replace(config, **config_overrides)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config_overrides {config_overrides}: {e}") from None
 
 
 def with_dropout_rate(config, dropout_rate: float | None):
@@ -291,10 +305,23 @@ def with_attention(config, attention: str | None):
     return dataclasses.replace(config, attention=attention)
 
 
+def open_checkpoint(name_or_path, revision: str | None = None, config_overrides: dict | None = None):
+    """(where, config, tensors by Hugging Face name) of a Hugging Face folder or hub id, or of a T5X
+    checkpoint directory (`models.t5x`, whose names are mapped to Hugging Face's)."""
+    if t5x.is_t5x_checkpoint(name_or_path):
+        ckpt = t5x.T5XCheckpoint(name_or_path)
+        return ckpt.path, t5x.config_from_checkpoint(ckpt, config_overrides), ckpt
+    folder = resolve_folder(name_or_path, revision)
+    read_config(folder)  # fail on a wrong model type before opening weights
+    ckpt = Checkpoint(folder)
+    return folder, with_overrides(config_from_folder(folder, ckpt), config_overrides), ckpt
+
+
 def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, mesh=None, rules=None,
                     remat: bool = False, dropout_rate: float | None = None, attention: str | None = None,
-                    revision: str | None = None):
-    """Loads a GPT-2 or T5 Hugging Face checkpoint (local folder or hub id) into our NNX model.
+                    revision: str | None = None, config_overrides: dict | None = None):
+    """Loads a GPT-2 or T5 Hugging Face checkpoint (local folder or hub id), or a T5X checkpoint
+    directory of T5 (`models.t5x`), into our NNX model.
 
     `dtype` is the compute dtype, `param_dtype` the storage dtype of the frozen
     weights. With a `mesh`, each weight is placed by its logical axes
@@ -304,11 +331,11 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
     Dropout only ever acts in a training step that passes a `dropout_rng`.
     `attention` picks how attention runs (`common.pick_attention`); None: 'auto'.
     `revision`: the hub revision of a hub id (see `resolve_folder`; offline it comes from the cache).
+    `config_overrides`: config fields that replace the checkpoint's; for a T5X checkpoint, the ones its
+    arrays cannot tell, e.g. {'relative_attention_max_distance': 8} (default 128, as every released size).
     """
-    folder = resolve_folder(name_or_path, revision)
-    read_config(folder)  # fail on a wrong model type before opening weights
-    ckpt = Checkpoint(folder)
-    config = with_attention(with_dropout_rate(config_from_folder(folder, ckpt), dropout_rate), attention)
+    folder, config, ckpt = open_checkpoint(name_or_path, revision, config_overrides)
+    config = with_attention(with_dropout_rate(config, dropout_rate), attention)
     _, model_cls = base.family(config.model_type)
     abstract = nnx.eval_shape(lambda: model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat,
                                                 rngs=nnx.Rngs(0)))
@@ -316,18 +343,19 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
     prefix = getattr(model_cls, "CHECKPOINT_PREFIX", "")
     rules = rules or partitioning.DEFAULT_RULES
     device = jax.devices()[0] if mesh is None else None
+    implied_by = "the T5X checkpoint's config" if isinstance(ckpt, t5x.T5XCheckpoint) else "config.json"
 
     def load(path, variable):
         key = abstract.checkpoint_key(path)
         found = _lookup(ckpt, key, prefix)
         if found is None:
             raise CheckpointError(f"{folder}: checkpoint has no tensor {key!r} (expected shape {variable.shape}); "
-                                  "is config.json from the same model as the weights?")
+                                  f"is {implied_by} from the same model as the weights?")
         shape = ckpt.shape(found)
         if shape != tuple(variable.shape):
             raise CheckpointError(f"{folder}/{ckpt.describe(found)}: tensor {found!r} has shape {shape}, "
-                                  f"but config.json implies {tuple(variable.shape)}")
-        array = ckpt.get(found)
+                                  f"but {implied_by} implies {tuple(variable.shape)}")
+        array = ckpt.get(found)  # memory-mapped or lazy: each host reads only the slices it places
         if mesh is None:
             return jax.device_put(np.asarray(array, dtype=variable.dtype), device)
         sharding = jax.sharding.NamedSharding(mesh, partitioning.variable_spec(variable, mesh, rules))
