@@ -53,7 +53,8 @@ def check_count(value, name: str, minimum: int = 1, allow_none: bool = False) ->
 
 @dataclasses.dataclass
 class ModelSpec:
-    """The frozen model: a hub id or Hugging Face folder (`INITIAL_CHECKPOINT_PATH`) and how to run it.
+    """The frozen model: a hub id, Hugging Face folder or T5X checkpoint directory (`INITIAL_CHECKPOINT_PATH`)
+    and how to run it.
 
     dtype: compute dtype ('auto': bfloat16 on GPUs and TPUs, float32 on CPUs; the
     trainable prompt and head are float32 whatever it is); param_dtype: storage of
@@ -67,6 +68,9 @@ class ModelSpec:
     parameter_partitioning_dims: 1 shards weights over the mesh's `model` axis only; 2 (T5X's
     2-D parameter partitioning, runtime/parameter_partitioning_2d.gin) also splits their
     `embed` dimension over `data` (`partitioning.PARAMETER_2D_RULES`).
+    config_overrides: config fields (Hugging Face names) that replace the checkpoint's; a T5X
+    checkpoint directory needs those its arrays cannot tell, e.g. {'relative_attention_max_distance': 8}
+    (`models.t5x.config_from_checkpoint`). A T5X directory holds no tokenizer: set `tokenizer`.
     """
 
     path: str
@@ -79,6 +83,7 @@ class ModelSpec:
     attention: str = "auto"
     revision: str | None = None
     parameter_partitioning_dims: int = 1
+    config_overrides: dict | None = None
 
     def __post_init__(self):
         from prompt_tuning_jax import partitioning
@@ -105,20 +110,26 @@ class ModelSpec:
 
         return from_pretrained(self.path, dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype),
                                mesh=mesh, rules=self.rules, remat=self.remat, dropout_rate=self.dropout_rate,
-                               attention=self.attention, revision=self.revision)
+                               attention=self.attention, revision=self.revision,
+                               config_overrides=self.config_overrides)
 
     def build_abstract(self):
         """A function that builds this model with random weights (no files read): run it inside
         `nnx.eval_shape` for the model's shapes alone. Its config comes from `models.hf.pretrained_config`."""
         from prompt_tuning_jax.models.hf import init_random, pretrained_config
 
-        config = pretrained_config(self.path, self.revision)
+        config = pretrained_config(self.path, self.revision, config_overrides=self.config_overrides)
         return lambda: init_random(config, dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype),
                                    remat=self.remat, dropout_rate=self.dropout_rate, attention=self.attention)
 
     def load_tokenizer(self):
+        from prompt_tuning_jax.models import t5x
         from prompt_tuning_jax.tokenizer import load_tokenizer
 
+        if not self.tokenizer and t5x.is_t5x_checkpoint(self.path):
+            raise ValueError(f"{self.path} is a T5X checkpoint, which holds no tokenizer: set ptj.ModelSpec.tokenizer "
+                             "to a T5 SentencePiece tokenizer folder or hub id (e.g. "
+                             "--gin.ptj.ModelSpec.tokenizer=\"'google/t5-v1_1-base'\")")
         revision = None if self.tokenizer else self.revision
         return load_tokenizer(self.tokenizer or self.path, padding_side=self.padding_side, revision=revision)
 

@@ -48,6 +48,7 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
     tasks = data.tasks()
     if not tasks:
         raise ValueError("train() needs a task: set MIXTURE_OR_TASK_NAME")
+    schedule = t5x_schedule(model, schedule)  # before MODEL_DIR is made: a TRAIN_STEPS <= N writes nothing
     if jax.process_index() == 0:
         try:
             files.makedirs(model_dir)
@@ -91,6 +92,33 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
     summary.update(trainable_params=int(sum(np.size(x) for x in jax.tree.leaves(trainer.trainable))),
                    majority_rate=majority_rate, placement=prompt.placement, prompt_length=prompt.length)
     return summary
+
+
+def t5x_schedule(model: ModelSpec, schedule: TrainSpec) -> TrainSpec:
+    """`schedule` with T5X's step semantics when the model is a T5X checkpoint saved at step N.
+
+    T5X counts TRAIN_STEPS from the checkpoint's step: the original's commands start from step
+    1,100,000 and say TRAIN_STEPS=1_150_000 for 50,000 steps of prompt tuning. So TRAIN_STEPS - N
+    steps run. Our own step counter (checkpoints, records, prompt_<step>.npy, dropout keys) still
+    starts at 0, and the default optimizer's total_steps is the steps run; an optimizer passed in
+    (gin's OPTIMIZER, total_steps = TRAIN_STEPS) keeps its own schedule, which sees steps 0.. where
+    T5X's sees N.. (the same for the paper's constant learning rate). Hugging Face checkpoints are
+    unchanged.
+    """
+    from prompt_tuning_jax.models import t5x
+
+    if not t5x.is_t5x_checkpoint(model.path):
+        return schedule
+    start = t5x.checkpoint_step(model.path)
+    if not start:
+        return schedule
+    if schedule.steps <= start:
+        raise ValueError(f"TRAIN_STEPS={schedule.steps} but the T5X checkpoint {model.path} is at step {start}, and "
+                         f"T5X counts TRAIN_STEPS from it: set TRAIN_STEPS to {start} plus the steps of prompt "
+                         f"tuning (e.g. --gin.TRAIN_STEPS={start + 1000} for 1000)")
+    logger.warning("T5X checkpoint at step %d: TRAIN_STEPS=%d runs %d steps of prompt tuning (T5X counts from the "
+                   "checkpoint's step)", start, schedule.steps, schedule.steps - start)
+    return dataclasses.replace(schedule, steps=schedule.steps - start)
 
 
 def _in_context(model_dir, loaded, model: ModelSpec, data: DataSpec, schedule: TrainSpec, tasks) -> dict:

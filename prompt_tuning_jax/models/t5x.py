@@ -56,6 +56,20 @@ def is_t5x_checkpoint(path: str | os.PathLike) -> bool:
     return files.is_file(f"{path.rstrip('/')}/{MSGPACK}")
 
 
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step a T5X checkpoint was saved at: `state/step` in its msgpack (beside `target`), else the N of
+    its `checkpoint_N` directory name; None when neither tells."""
+    path = files.absolute(path).rstrip("/")
+    contents = _read_msgpack(f"{path}/{MSGPACK}")
+    state = contents.get("optimizer", contents) if isinstance(contents, dict) else {}
+    state = state.get("state") if isinstance(state, dict) else None
+    step = state.get("step") if isinstance(state, dict) else None
+    if step is not None and not isinstance(step, dict) and np.ndim(step) == 0:
+        return int(step)
+    m = re.fullmatch(r"checkpoint_(\d+)", os.path.basename(path))
+    return int(m[1]) if m else None
+
+
 def variable_name(name: str) -> str:
     """`encoder/prompt/prompt/prompt`, `/target/encoder/...` -> `target/encoder/...` (the original's leniency)."""
     name = name.strip("/")
