@@ -23,6 +23,8 @@ import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -121,15 +123,27 @@ def main(argv=None) -> int:
     jobs = [(r, a, d, args.dropout) for r in args.rows.split(",") for a in args.columns.split(",")
             for d in variants if key(r, a, d, args.dropout) not in results]
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-        for out in pool.imap_unordered(cell, jobs):
-            results = load()
-            results[key(out["row"], out["accelerator"], out["two_d"], out["dropout"])] = out
-            with open(RESULTS + ".tmp", "w") as f:
-                json.dump(results, f, indent=1, sort_keys=True)
-            os.replace(RESULTS + ".tmp", RESULTS)
-            print(json.dumps(out), flush=True)
-    print(markdown(results))
+    # One process per cell (libtpu's compiler keeps memory); a killed one (out of host memory: an XXL
+    # compile takes up to 15 GB) stops the run with its cell named, and a rerun resumes from the cache.
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                             max_tasks_per_child=1) as pool:
+        futures = {pool.submit(cell, job): job for job in jobs}
+        try:
+            for future in as_completed(futures):
+                out = future.result()
+                results = load()
+                results[key(out["row"], out["accelerator"], out["two_d"], out["dropout"])] = out
+                with open(RESULTS + ".tmp", "w") as f:
+                    json.dump(results, f, indent=1, sort_keys=True)
+                os.replace(RESULTS + ".tmp", RESULTS)
+                print(json.dumps(out), flush=True)
+        except BrokenProcessPool:
+            done = load()
+            left = [key(*job) for job in jobs if key(*job) not in done]
+            print(f"error: a compile process died (out of host memory?) with {left} not done; the other cells "
+                  f"are saved in {RESULTS}: run again with fewer --workers to finish", file=sys.stderr)
+            return 1
+    print(markdown(load()))
     return 0
 
 
