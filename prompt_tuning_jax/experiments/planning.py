@@ -254,9 +254,9 @@ def compile_run(run: Run, devices: Sequence, hbm_bytes: int | None, mesh_shape=N
         if programs is not None and name not in programs:
             continue
         if hbm_bytes is not None and weights > hbm_bytes:  # minutes of compiling could only say no
-            plan.programs[name] = ProgramReport(name, weights, shard_bytes(trainable), shard_bytes(batch),
+            trainable, batch = shard_bytes(trainable), shard_bytes(batch)
+            plan.programs[name] = ProgramReport(name, weights, trainable, batch, arguments=weights + trainable + batch,
                                                 error=WEIGHTS_ALONE)
-            plan.programs[name].arguments = weights + plan.programs[name].trainable + plan.programs[name].batch
             continue
         plan.programs[name] = compile_program(name, lower, trainable, batch, weights)
         if stop_at_unfit and not plan.programs[name].fits(hbm_bytes):
@@ -278,10 +278,9 @@ def auto_mesh_shape(run: Run, devices: Sequence, hbm_bytes: int | None,
         data = n // model
         if run.data.batch_size % (data * accum):
             continue
-        mesh = partitioning.make_mesh(data, model, devices=devices)
-        if hbm_bytes is not None and shard_bytes(abstract_state(run, mesh)[0].frozen) > hbm_bytes:
-            continue
         plan = compile_run(run, devices, hbm_bytes, (data, model), stop_at_unfit=True, programs=programs)
+        if any(p.error == WEIGHTS_ALONE for p in plan.programs.values()):
+            continue  # not compiled (compile_run checks the weights first): no miss worth naming
         plans.append(plan)
         if plan.fits:
             return (data, model), plans

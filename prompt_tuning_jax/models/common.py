@@ -174,6 +174,16 @@ def _narrow_dense_bwd(out_in, out_dtype, residuals, g):
 _narrow_dense.defvjp(_narrow_dense_fwd, _narrow_dense_bwd)
 
 
+def run_block(block: nnx.Module, remat: bool, *args):
+    """block(*args), rematerialised in the backward pass when `remat` (only the block's inputs are saved).
+
+    Every path through a stack of blocks calls them through here, so none forgets remat.
+    """
+    if remat:
+        return nnx.remat(type(block).__call__)(block, *args)
+    return block(*args)
+
+
 def layer_norm(x: jax.Array, weight: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
     """LayerNorm over the last axis, computed in float32, returned in x.dtype."""
     x32 = x.astype(jnp.float32)

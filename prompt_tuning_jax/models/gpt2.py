@@ -293,10 +293,7 @@ class GPT2(nnx.Module):
         bias = common.causal_bias(t, t) + common.padding_bias(attention_mask, t)
         for i, block in enumerate(self.h):
             block_keys = common.fold(keys, i + 1)
-            if self.remat:
-                x = nnx.remat(type(block).__call__)(block, x, bias, block_keys)
-            else:
-                x = block(x, bias, block_keys)
+            x = common.run_block(block, self.remat, x, bias, block_keys)
         return self.ln_f(x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -356,10 +353,7 @@ class GPT2(nnx.Module):
         bias = (common.causal_bias(s, p + s, offset=p)
                 + common.padding_bias(jnp.concatenate([jnp.ones((rb, p), mask.dtype), mask], axis=1), p + s))
         for block, kv in zip(self.h, prefix_kv):
-            if self.remat:  # as in forward_embeddings: without it every layer's [heads, S, P+S] scores stay live
-                x = nnx.remat(type(block).__call__)(block, x, bias, None, kv)
-            else:
-                x = block(x, bias, prefix=kv)
+            x = common.run_block(block, self.remat, x, bias, None, kv)  # (x, bias, keys, prefix)
         # Target l is predicted from the position before it: the prefix's last one for l = 0 of an empty input.
         hidden = jnp.concatenate([jnp.broadcast_to(prefix_hidden[:, -1:], (rb, 1, x.shape[-1])), self.ln_f(x)], 1)
         pos = at[:, None] + jnp.arange(length)[None, :]  # in `hidden`, shifted by the prefix's row

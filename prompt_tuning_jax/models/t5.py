@@ -396,10 +396,7 @@ class Stack(nnx.Module):
             cross_bias = common.padding_bias(encoder_mask, encoder_hidden.shape[1])
         for i, block in enumerate(self.block):
             block_keys = common.fold(keys, i + 2)
-            if self.remat:
-                x = nnx.remat(type(block).__call__)(block, x, bias, encoder_hidden, cross_bias, block_keys)
-            else:
-                x = block(x, bias, encoder_hidden, cross_bias, block_keys)
+            x = common.run_block(block, self.remat, x, bias, encoder_hidden, cross_bias, block_keys)
         return common.dropout(self.final_layer_norm(x), self.dropout_rate, common.fold(keys, 1))
 
     def cached(self, x, cache, index, encoder_mask=None):
