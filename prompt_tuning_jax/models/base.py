@@ -123,6 +123,18 @@ FAMILIES: dict[str, tuple[type, type]] = {}
 PRESETS: dict[str, Any] = {}  # released sizes by hub name (no org): their configs, for use without the hub
 
 
+# Released checkpoints by family and size (configs/models/sizes/ picks the size).
+_SIZES = ("small", "base", "large", "xl", "xxl")
+HUB_IDS = {
+    "gpt2": {"small": "gpt2", "medium": "gpt2-medium", "large": "gpt2-large", "xl": "gpt2-xl"},
+    "t5": {"small": "t5-small", "base": "t5-base", "large": "t5-large", "3b": "t5-3b", "11b": "t5-11b"},
+    "t5_1_1": {s: f"google/t5-v1_1-{s}" for s in _SIZES},
+    "t5_1_1_lm100k": {s: f"google/t5-{s}-lm-adapt" for s in _SIZES},
+    "flan_t5": {s: f"google/flan-t5-{s}" for s in _SIZES},
+    "mt5": {s: f"google/mt5-{s}" for s in _SIZES},
+}
+
+
 def register_family(model_type: str, config_cls: type, model_cls: type, presets: dict[str, Any] = {}) -> None:  # noqa: B006
     """Makes `from_pretrained` load checkpoints whose config.json says `model_type`; `presets` are the
     configs of its released sizes by hub name ('gpt2-medium', 't5-xxl-lm-adapt')."""

@@ -126,7 +126,8 @@ class T5Config:
                                                               "attention"}
         kwargs = {k: v for k, v in config.items() if k in names and v is not None}
         tie_flag = config.get("tie_word_embeddings", True)
-        scale = config.get("scale_decoder_outputs", tie_flag is not False)
+        # mT5 is v1.1-style: transformers' MT5 never rescales, whatever its tie flag says.
+        scale = config.get("scale_decoder_outputs", tie_flag is not False and config.get("model_type") != "mt5")
         tie = (not has_lm_head) if has_lm_head is not None else tie_flag is not False
         return cls(**kwargs, tie_word_embeddings=bool(tie), scale_decoder_outputs=bool(scale))
 
@@ -166,6 +167,8 @@ PRESETS = {
 for _size in ("small", "base", "large", "xl", "xxl"):
     PRESETS[f"t5-{_size}-lm-adapt"] = PRESETS[f"t5-v1_1-{_size}"]
     PRESETS[f"flan-t5-{_size}"] = PRESETS[f"t5-v1_1-{_size}"]
+    # mT5 is T5 1.1 with the 250k mC4 SentencePiece vocabulary (250,112 embedding rows).
+    PRESETS[f"mt5-{_size}"] = dataclasses.replace(PRESETS[f"t5-v1_1-{_size}"], vocab_size=250112)
 
 
 def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
@@ -552,3 +555,4 @@ class T5(nnx.Module):
 
 
 base.register_family("t5", T5Config, T5, PRESETS)
+base.register_family("mt5", T5Config, T5)  # mT5's config.json says "mt5"; the architecture is T5 1.1's

@@ -119,7 +119,7 @@ def test_folder_without_config(tmp_path):
 
 def test_other_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
-    with pytest.raises(hf.CheckpointError, match=r"model_type 'bert'.*supports \['gpt2', 't5'\]"):
+    with pytest.raises(hf.CheckpointError, match=r"model_type 'bert'.*supports \['gpt2', 'mt5', 't5'\]"):
         ptj.from_pretrained(tmp_path)
 
 

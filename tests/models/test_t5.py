@@ -68,3 +68,26 @@ def test_relative_position_buckets_match_transformers():
             want = T5Attention._relative_position_bucket(torch.tensor(rel), bidirectional, buckets, dist).numpy()
             got = relative_position_bucket(rel, bidirectional, buckets, dist)
             np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_mt5_checkpoints_load_as_t5_1_1(tmp_path, rng):
+    """mT5 (config.json model_type 'mt5', MT5ForConditionalGeneration) is T5 1.1 with another vocabulary."""
+    import torch
+    import transformers
+
+    from tests.helpers import UNTIED_T5, TINY, _randomize_layernorms
+
+    torch.manual_seed(0)
+    hf = transformers.MT5ForConditionalGeneration(transformers.MT5Config(**{**TINY["t5"], **UNTIED_T5})).eval()
+    hf.lm_head.weight = torch.nn.Parameter(torch.randn_like(hf.lm_head.weight) * 0.5)  # untied, as released
+    _randomize_layernorms(hf, 0)
+    hf.save_pretrained(tmp_path)
+    model = ptj.from_pretrained(tmp_path)
+    assert not model.config.tie_word_embeddings and model.config.is_gated
+    ids, mask = padded_batch(rng, hf.config.vocab_size, [9, 4], 9)
+    dec, dec_mask = padded_batch(rng, hf.config.vocab_size, [4, 2], 4)
+    ours = model(ids, mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask)
+    assert_logits_close(ours, torch_logits(hf, ids, mask, dec, dec_mask), dec_mask)
+    from prompt_tuning_jax.models import preset
+
+    assert preset("google/mt5-xl").vocab_size == 250112 and preset("google/mt5-xl").d_model == 2048
