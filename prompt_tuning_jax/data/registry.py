@@ -140,6 +140,29 @@ def _pick_source(name: str, task: Task, source, file_args: dict, overrides: dict
     return source
 
 
+# The original library's and T5's seqio task modules: their GLUE / SuperGLUE tasks are built in here, by the
+# same names (`t5x_names`), so MIXTURE_OR_TASK_MODULE naming one of them imports nothing.
+_ORIGINAL_TASK_MODULES = ("prompt_tuning.data", "t5.data")
+
+
+def import_task_module(module: str) -> str:
+    """MIXTURE_OR_TASK_MODULE, as T5X imports it: a user's module that registers tasks (`register_task`) when
+    imported. The original library's and T5's task modules are not imported: -> what was done, in words."""
+    import importlib
+
+    if not isinstance(module, str) or not module:
+        raise ValueError(f"MIXTURE_OR_TASK_MODULE must be a module name like 'my_tasks', got {module!r}")
+    if module == _ORIGINAL_TASK_MODULES[0] or module.startswith(tuple(f"{m}." for m in _ORIGINAL_TASK_MODULES)) \
+            or module in _ORIGINAL_TASK_MODULES:
+        return f"{module} not imported: its tasks are built in here by the same names (taskless_glue_*, ...)"
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"MIXTURE_OR_TASK_MODULE {module!r} cannot be imported ({e}): name a module on the "
+                         "PYTHONPATH that registers its tasks with prompt_tuning_jax.data.register_task") from None
+    return f"imported {module}"
+
+
 def get_task(name: str, **overrides) -> Task:
     """The registered task `name` (or alias, T5X names included), with overrides applied.
 

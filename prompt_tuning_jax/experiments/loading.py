@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,6 +37,8 @@ def load_prompted(model: ModelSpec, prompt: PromptSpec, tasks: Sequence, mesh,
         prompt = dataclasses.replace(prompt, num_tasks=len(tasks))
     if tasks:
         prompt = prompt.for_task(tasks[0])
+    if not checkpoint_path:
+        prompt = t5x_prompt(model, prompt)
     if checkpoint_path:
         check_checkpoint_path(checkpoint_path)  # before the (slow) model load
         prompt = dataclasses.replace(prompt, init="random_uniform")  # overwritten by the restore below
@@ -46,6 +49,21 @@ def load_prompted(model: ModelSpec, prompt: PromptSpec, tasks: Sequence, mesh,
     if checkpoint_path:
         state.restore(checkpoint_path)
     return Loaded(state, tokenizer, base, prompt)
+
+
+def t5x_prompt(model: ModelSpec, prompt: PromptSpec) -> PromptSpec:
+    """A prompt-tuned T5X checkpoint as INITIAL_CHECKPOINT_PATH brings its prompt: `prompt` then starts
+    from its `target/encoder/prompt/prompt/prompt` (continuing the original library's run) unless
+    PROMPT_FILE names another. A base model's checkpoint (no prompt variable) changes nothing."""
+    from prompt_tuning_jax.models import t5x
+
+    if not prompt.has_prompt or prompt.init == "file" or not t5x.is_t5x_checkpoint(model.path):
+        return prompt
+    if not t5x.has_variable(model.path, t5x.PROMPT_VARIABLE):
+        return prompt
+    print(f"prompt: from {model.path} {t5x.PROMPT_VARIABLE} (a prompt-tuned T5X checkpoint), in place of the "
+          f"{prompt.init} initializer", file=sys.stderr)
+    return dataclasses.replace(prompt, init="file", file=model.path, file_variable=t5x.PROMPT_VARIABLE)
 
 
 def tokenize_split(task, split: str, loaded: Loaded, data: DataSpec, limit: int | None = None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import sys
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -126,12 +127,18 @@ class ModelSpec:
         from prompt_tuning_jax.models import t5x
         from prompt_tuning_jax.tokenizer import load_tokenizer
 
-        if not self.tokenizer and t5x.is_t5x_checkpoint(self.path):
-            raise ValueError(f"{self.path} is a T5X checkpoint, which holds no tokenizer: set ptj.ModelSpec.tokenizer "
-                             "to a T5 SentencePiece tokenizer folder or hub id (e.g. "
-                             "--gin.ptj.ModelSpec.tokenizer=\"'google/t5-v1_1-base'\")")
+        name = self.tokenizer
+        if not name and t5x.is_t5x_checkpoint(self.path):
+            vocab = t5x.config_from_checkpoint(self.path, self.config_overrides).vocab_size
+            name, why = t5x.default_tokenizer(self.path, vocab)
+            if name is None:
+                raise ValueError(f"{self.path} is a T5X checkpoint, which holds no tokenizer, and {why}: set "
+                                 "ptj.ModelSpec.tokenizer to its tokenizer folder or hub id (e.g. "
+                                 "--gin.ptj.ModelSpec.tokenizer=\"'google/t5-v1_1-base'\")")
+            print(f"tokenizer: {name}, {why} (a T5X checkpoint holds none; ptj.ModelSpec.tokenizer sets another)",
+                  file=sys.stderr)
         revision = None if self.tokenizer else self.revision
-        return load_tokenizer(self.tokenizer or self.path, padding_side=self.padding_side, revision=revision)
+        return load_tokenizer(name or self.path, padding_side=self.padding_side, revision=revision)
 
 
 @dataclasses.dataclass
@@ -143,6 +150,9 @@ class PromptSpec:
     then sampled vocab) | file (`file`, a [P, H] .npy) | sampled_vocab_numpy and
     class_labels_numpy (the same, from the [V, H] table in `embedding_file`, e.g.
     one written by `python -m prompt_tuning_jax.extract_variable`).
+    `file` and `embedding_file` may also be T5X checkpoint directories, as the original's `t5x_load`
+    read them: the variables `file_variable` (default `target/encoder/prompt/prompt/prompt`) and
+    `embedding_variable` (default `target/token_embedder/embedding`).
     head: None (LM head: rank classification / generation) or "linear" (`num_labels`).
     method: METHOD, what trains: 'prompt' (prompt tuning), or a baseline without a prompt:
     'probe' (the linear head only), 'full' (all weights), 'first:K' / 'last:K' / 'middle:K'
@@ -160,7 +170,9 @@ class PromptSpec:
     class_labels: Sequence[str] | None = None
     text: str | None = None
     file: str | None = None
+    file_variable: str | None = None
     embedding_file: str | None = None
+    embedding_variable: str | None = None
     head: str | None = None
     num_labels: int | None = None
     regression: bool = False
@@ -219,19 +231,25 @@ class PromptSpec:
             return inits.from_string(table, tokenizer, self.text, sampled)
         if self.init == "file":
             if not self.file:
-                raise ValueError("init='file' needs PROMPT_FILE (a [P, H] .npy)")
-            return inits.from_npy(self.file)
+                raise ValueError("init='file' needs PROMPT_FILE (a [P, H] .npy, or a T5X checkpoint directory)")
+            return inits.from_npy(self.file, variable=self.file_variable)
         raise ValueError(f"unknown prompt init {self.init!r}; use one of {INIT_KINDS}")
 
     def _embedding_table(self, model):
         """The model's own table, or for the *_numpy inits the [V, H] one in EMBEDDING_FILE."""
         if not self.init.endswith("_numpy"):
             return model.embedding_table
+        from prompt_tuning_jax.models import t5x
+
         if not self.embedding_file:
-            raise ValueError(f"init={self.init!r} needs EMBEDDING_FILE (a [V, H] .npy of embeddings)")
-        if not files.is_file(self.embedding_file):
+            raise ValueError(f"init={self.init!r} needs EMBEDDING_FILE (a [V, H] .npy of embeddings, or a T5X "
+                             "checkpoint directory)")
+        if t5x.is_t5x_checkpoint(self.embedding_file):  # the original's t5x_load
+            table = t5x.read_variable(self.embedding_file, self.embedding_variable or t5x.EMBEDDING_VARIABLE)
+        elif not files.is_file(self.embedding_file):
             raise FileNotFoundError(f"EMBEDDING_FILE {self.embedding_file} does not exist")
-        table = np.load(io.BytesIO(files.read_bytes(self.embedding_file)), allow_pickle=False)
+        else:
+            table = np.load(io.BytesIO(files.read_bytes(self.embedding_file)), allow_pickle=False)
         hidden = model.embedding_table.shape[1]
         if table.ndim != 2 or table.shape[1] != hidden:
             raise ValueError(f"EMBEDDING_FILE {self.embedding_file} holds shape {table.shape}; this model needs "
@@ -288,6 +306,10 @@ class DataSpec:
 
     feature_lengths: TASK_FEATURE_LENGTHS, the token limits {'inputs': ..., 'targets': ...}.
     task_overrides: TASK_OVERRIDES, any `get_task` override (local files, verbalizers, ...).
+    module: MIXTURE_OR_TASK_MODULE, module(s) imported first, to register a user's tasks (T5X's; the
+      original library's `prompt_tuning.data.glue` and T5's are built in, `data.registry.import_task_module`).
+    use_cached: USE_CACHED_TASKS, T5X's seqio cache switch; there is no cache here, tasks are always
+      tokenized from their sources at the start (True is accepted and says so).
     eval_batch_size: defaults to batch_size; eval_limit: evaluate the first N examples only.
     truncate: 'right' | 'left' | 'error' for over-long examples; prefetch: batches read ahead.
     group_by_length: training batches come from windows of this many batches of the shuffled
@@ -307,6 +329,8 @@ class DataSpec:
     seed: int = 0
     prefetch: int = 2
     group_by_length: int = 50
+    module: str | Sequence[str] | None = None
+    use_cached: bool = False
 
     def __post_init__(self):
         lengths = self.feature_lengths
@@ -337,9 +361,15 @@ class DataSpec:
         return [self.task] if isinstance(self.task, str) else list(self.task)
 
     def tasks(self) -> list:
-        """The `Task` objects, with TASK_OVERRIDES applied."""
+        """The `Task` objects, with TASK_OVERRIDES applied, after importing MIXTURE_OR_TASK_MODULE (`module`)."""
         from prompt_tuning_jax.data import get_task
+        from prompt_tuning_jax.data.registry import import_task_module
 
+        for module in [self.module] if isinstance(self.module, str) else list(self.module or []):
+            print(f"MIXTURE_OR_TASK_MODULE: {import_task_module(module)}", file=sys.stderr)
+        if self.use_cached:
+            print("USE_CACHED_TASKS=True: there is no seqio cache here; tasks are read from their sources and "
+                  "tokenized when the run starts", file=sys.stderr)
         return [get_task(name, **dict(self.task_overrides or {})) for name in self.task_names]
 
 

@@ -117,7 +117,7 @@ def read_config(folder: str) -> dict[str, Any]:
     if model_type not in base.FAMILIES:
         raise CheckpointError(
             f"{path} has model_type {model_type!r}; prompt_tuning_jax supports {sorted(base.FAMILIES)} "
-            "(GPT-2 and T5 / T5 v1.1 / Flan-T5 checkpoints)")
+            "(GPT-2 and T5 / T5 v1.1 / Flan-T5 / mT5 checkpoints)")
     return config
 
 
@@ -252,12 +252,15 @@ def pretrained_config(name_or_path: str | os.PathLike, revision: str | None = No
     """A checkpoint's config without its weights (for building the model abstractly, `nnx.eval_shape`).
 
     A local or gs:// folder: its config.json. A T5X checkpoint directory: its shapes
-    (`t5x.config_from_checkpoint`). A hub id of a released size (`models.preset`:
+    (`t5x.config_from_checkpoint`), or for the released ones by their gs:// names
+    (gs://t5-data/pretrained_models/t5x/t5_1_1_lm100k_base/checkpoint_1100000) the known config. A hub id of a released size (`models.preset`:
     gpt2 to gpt2-xl, T5, T5 1.1, lm-adapt and Flan-T5 small to xxl): the shipped config, with
     no network. Any other hub id: its config.json from the hub or the Hugging Face cache.
     `config_overrides`: config fields that replace the checkpoint's ({'dropout_rate': 0.0}).
     """
     name = os.fspath(name_or_path)
+    if t5x.released_hub_id(name):  # a released T5X checkpoint by its gs:// name: its known config, no reads
+        return with_overrides(base.preset(t5x.released_hub_id(name)), config_overrides)
     if t5x.is_t5x_checkpoint(name):
         return t5x.config_from_checkpoint(name, config_overrides)
     if files.is_local(name) and not _looks_local(name) and not os.path.exists(os.path.expanduser(name)):

@@ -35,12 +35,13 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from prompt_tuning_jax import files
-from prompt_tuning_jax.models.base import CheckpointError
+from prompt_tuning_jax.models.base import HUB_IDS, CheckpointError
 from prompt_tuning_jax.models.t5 import T5Config
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,50 @@ def variable_name(name: str) -> str:
     """`encoder/prompt/prompt/prompt`, `/target/encoder/...` -> `target/encoder/...` (the original's leniency)."""
     name = name.strip("/")
     return name if name.startswith("target/") else f"target/{name}"
+
+
+PROMPT_VARIABLE = "target/encoder/prompt/prompt/prompt"  # where the original's encoder prompt lives [P, d]
+EMBEDDING_VARIABLE = "target/token_embedder/embedding"  # [V, d]
+
+# The T5X checkpoints the original library's README names, gs://t5-data/pretrained_models/t5x/<name>/checkpoint_N
+# (t5_1_1_lm100k_base, mt5_xl, ...): the same weights as these Hugging Face releases.
+_RELEASED = re.compile(r"gs://t5-data/pretrained_models/t5x/(t5_1_1_lm100k|t5_1_1|mt5|flan_t5|t5)_"
+                       r"(small|base|large|xl|xxl|3b|11b)/checkpoint_\d+/?")
+# T5's SentencePiece vocabularies by embedding rows (padded to a multiple of 128).
+_TOKENIZERS = {32128: "google/t5-v1_1-base", 250112: "google/mt5-base"}
+
+
+def released_hub_id(path: str | os.PathLike) -> str | None:
+    """The Hugging Face id of a released T5X checkpoint by its gs:// name, else None:
+    gs://t5-data/pretrained_models/t5x/t5_1_1_lm100k_base/checkpoint_1100000 -> 'google/t5-base-lm-adapt'."""
+    m = _RELEASED.fullmatch(os.fspath(path))
+    return HUB_IDS.get(m[1], {}).get(m[2]) if m else None
+
+
+def default_tokenizer(path: str | os.PathLike, vocab_size: int) -> tuple[str | None, str]:
+    """The tokenizer of a T5X checkpoint, which holds none -> (folder or hub id, why); (None, why) if unknown.
+
+    A tokenizer folder inside or beside the directory (tokenizer.json / spiece.model) comes first; then
+    T5's or mT5's SentencePiece vocabulary, which an embedding of 32,128 or 250,112 rows implies (every T5,
+    T5 1.1, lm-adapt and Flan-T5 checkpoint shares the first; every mT5 the second).
+    """
+    path = files.absolute(path).rstrip("/")
+    for folder in (path, os.path.dirname(path)):
+        if any(files.is_file(f"{folder}/{name}") for name in ("tokenizer.json", "spiece.model")):
+            return folder, f"the tokenizer beside the T5X checkpoint, in {folder}"
+    if vocab_size in _TOKENIZERS:
+        return _TOKENIZERS[vocab_size], f"the vocabulary its {vocab_size}-row embedding implies"
+    return None, f"its {vocab_size}-row embedding matches no T5 vocabulary"
+
+
+def read_variable(path: str | os.PathLike, name: str) -> np.ndarray:
+    """One `target` variable of a T5X checkpoint directory, as stored: the original's `t5x_load`."""
+    name = variable_name(name)
+    return read_variables(path, [name])[name]
+
+
+def has_variable(path: str | os.PathLike, name: str) -> bool:
+    return variable_name(name) in T5XCheckpoint(path).variables
 
 
 # --- T5X names -> Hugging Face (and our) names ------------------------------------
@@ -176,12 +221,9 @@ class T5XCheckpoint:
         return store
 
     def _kvstore(self, relative: str) -> dict:
-        if files.is_local(self.path):
-            return {"driver": "file", "path": os.path.join(self.path, relative)}
-        if not self.path.startswith("gs://"):
+        if not (files.is_local(self.path) or self.path.startswith("gs://")):
             raise CheckpointError(f"{self.path}: T5X checkpoints are read from local folders or gs:// only")
-        bucket, _, prefix = self.path[len("gs://"):].partition("/")
-        return {"driver": "gcs", "bucket": bucket, "path": f"{prefix}/{relative}" if prefix else relative}
+        return _kvstore(self.path, relative)
 
     def where(self, name: str) -> str:
         """The file that holds variable `name`, relative to the directory: its zarr folder or `checkpoint`."""
@@ -223,6 +265,14 @@ class T5XCheckpoint:
 
     def describe(self, key) -> str:
         return self.where(self.hf_names()[key][0]) if key in self.hf_names() else MSGPACK
+
+
+def _kvstore(directory: str, relative: str) -> dict:
+    """The tensorstore kvstore of `relative` in a local or gs:// directory: T5X's `gfile`, resolved."""
+    if files.is_local(directory):
+        return {"driver": "file", "path": os.path.join(directory, relative)}
+    bucket, _, prefix = directory[len("gs://"):].partition("/")
+    return {"driver": "gcs", "bucket": bucket, "path": f"{prefix}/{relative}" if prefix else relative}
 
 
 def _relative_path(spec: dict) -> str | None:
@@ -377,3 +427,170 @@ def _check_agrees(fields: dict, given: dict, source: str, path: str) -> None:
     if isinstance(proj, str) and proj.startswith("gated-") != fields["feed_forward_proj"].startswith("gated-"):
         raise CheckpointError(f"{source} says feed_forward_proj={proj!r}, but {path} has "
                               f"{'wi_0/wi_1 (gated)' if 'gated' in fields['feed_forward_proj'] else 'wi (not gated)'}")
+
+
+# --- writing ---------------------------------------------------------------------
+
+VERSION = 3  # T5X's msgpack format version: bfloat16 zarr arrays are stored as bfloat16
+ZARR_CHUNK_BYTES = 64 * 2**20  # T5X's target size of one zarr chunk
+_IN_FLIGHT_BYTES = 2**30  # zarr writes queued at once: about this much memory beyond the caller's arrays
+
+_T5X_OUTSIDE = {hf: (name, transposed) for name, (hf, transposed) in _OUTSIDE_LAYERS.items()}
+_T5X_SUBLAYERS = {(stack, hf_module): (module, projections)
+                  for (stack, module), (hf_module, projections) in _SUBLAYERS.items()}
+_HF_LAYER = re.compile(r"(encoder|decoder)\.block\.(\d+)\.(layer\.\d+\.\w+)\.(?:(\w+)\.)?weight")
+
+
+def t5x_name(key: str) -> tuple[str, bool]:
+    """A Hugging Face (and our) T5 tensor name -> (its T5X variable name, transposed?): `hf_name` inverted.
+
+    'encoder.block.3.layer.0.SelfAttention.q.weight' -> ('target/encoder/layers_3/attention/query/kernel', True).
+    Raises ValueError for a name T5X's T5 has no variable for.
+    """
+    if key in _T5X_OUTSIDE:
+        name, transposed = _T5X_OUTSIDE[key]
+        return f"target/{name}", transposed
+    m = _HF_LAYER.fullmatch(key)
+    if m is None or (m[1], m[3]) not in _T5X_SUBLAYERS:
+        raise ValueError(f"{key!r} is not a parameter of T5X's T5")
+    stack, layer, hf_module, projection = m.groups()
+    module, projections = _T5X_SUBLAYERS[stack, hf_module]
+    if projections is None:  # a layer norm's weight [d]
+        if projection:
+            raise ValueError(f"{key!r} is not a parameter of T5X's T5")
+        return f"target/{stack}/layers_{layer}/{module}/scale", False
+    renamed = {hf: t5x for t5x, hf in projections.items()}
+    if projection not in renamed:
+        raise ValueError(f"{key!r} is not a parameter of T5X's T5")
+    return f"target/{stack}/layers_{layer}/{module}/{renamed[projection]}/kernel", True
+
+
+def _t5x_params(model):
+    """(T5X name, transposed?, nnx variable) of each parameter of our T5 `model` (concrete or abstract)."""
+    from flax import nnx
+
+    from prompt_tuning_jax.models.t5 import T5
+
+    if not isinstance(model, T5):
+        raise TypeError(f"T5X checkpoints hold T5 models only, not {type(model).__name__}")
+    config = model.config
+    if config.tie_word_embeddings != config.scale_decoder_outputs:
+        raise ValueError("T5X's T5 ties the LM head to the embedding exactly when it rescales the decoder output "
+                         f"(v1.0) and unties it without rescaling (v1.1); this model has tie_word_embeddings="
+                         f"{config.tie_word_embeddings}, scale_decoder_outputs={config.scale_decoder_outputs}")
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name, transposed = t5x_name(model.checkpoint_key(path))
+        yield name, transposed, variable
+
+
+def variables_from_model(model) -> dict[str, np.ndarray]:
+    """Our T5 `model` (`ptj.T5`, e.g. from `init_random` or `from_pretrained`) as T5X variables, ready for
+    `write_checkpoint`: {'target/token_embedder/embedding': [V, d],
+    'target/encoder/layers_0/attention/query/kernel': [d, N*D] (Hugging Face's weight transposed),
+    'target/encoder/relpos_bias/rel_embedding': [heads, buckets], ...}, in the model's param dtype.
+
+    The names are the model's Hugging Face names (`model.checkpoint_key`, as `save_pretrained` writes them)
+    mapped by `t5x_name`. T5X keeps no config: `relative_attention_max_distance` and the dropout rate
+    are not in the arrays (pass them as `config_overrides` when loading if they are not the defaults).
+    """
+    import jax
+
+    out = {}
+    for name, transposed, variable in _t5x_params(model):
+        array = np.asarray(jax.device_get(variable[...]))
+        out[name] = array.T if transposed else array
+    return out
+
+
+def variable_shapes(model) -> dict[str, tuple[int, ...]]:
+    """{T5X name: shape} of our T5 `model`; an abstract one (`nnx.eval_shape`) will do, nothing is read."""
+    return {name: tuple(v.shape[::-1] if transposed else v.shape) for name, transposed, v in _t5x_params(model)}
+
+
+def write_checkpoint(path: str | os.PathLike, variables: Mapping[str, np.ndarray], step: int,
+                     inline_below: int = 16) -> None:
+    """Writes `variables` as a T5X checkpoint directory `path` (local or gs://), in T5X's layout.
+
+    `variables`: {'target/encoder/prompt/prompt/prompt': [P, d], ...} by `/`-joined name (`target/` may be
+    left out), e.g. `variables_from_model(model)`; any Mapping, read one value at a time in order, so a
+    lazy one keeps memory to about a variable plus the writes in flight. An array of `inline_below` or
+    more elements becomes a zarr array `target.encoder....` (gzip, T5X's chunking: `chunk_shape`), a
+    smaller one is stored inline, as in the checkpoints T5X wrote (tests/models/fixtures/t5x_tiny: [4]
+    norm scales and the [2, 4] position table inline, [4, 4] kernels as zarr). The msgpack `checkpoint`
+    ({'version': 3, 'optimizer': {'target': ..., 'state': {'step': step, 'param_states': {}}}}) is
+    written last, atomically, and an existing one is deleted first: a directory is never readable as
+    complete before every array is. No optimizer state is written (T5X's own reader takes a params-only
+    restore); the directory's name is the caller's (T5X's are `checkpoint_<step>`).
+    """
+    import collections
+
+    from flax import serialization
+
+    directory = files.absolute(path).rstrip("/")
+    if not (files.is_local(directory) or directory.startswith("gs://")):
+        raise ValueError(f"{directory}: T5X checkpoints are written to local folders or gs:// only")
+    if files.is_local(directory):
+        os.makedirs(directory, exist_ok=True)
+    files.remove(f"{directory}/{MSGPACK}")  # a checkpoint already here stops being complete now
+    target: dict = {}
+    pending, in_flight = collections.deque(), 0
+    for key, value in variables.items():
+        name = variable_name(key)
+        array = np.asarray(value)
+        if array.size >= inline_below:
+            spec, written = _write_zarr(directory, name, array)
+            pending.append((written, array.nbytes))
+            in_flight += array.nbytes
+            while in_flight > _IN_FLIGHT_BYTES and len(pending) > 1:
+                done, nbytes = pending.popleft()
+                done.result()
+                in_flight -= nbytes
+            array = spec
+        _insert(target, name, array)
+    for written, _ in pending:
+        written.result()
+    contents = {"version": VERSION, "optimizer": {
+        "target": target, "state": {"step": np.asarray(step, np.int32), "param_states": {}}}}
+    files.atomic_write(f"{directory}/{MSGPACK}", serialization.msgpack_serialize(contents))
+
+
+def _insert(target: dict, name: str, value) -> None:
+    """target['encoder']['layers_0']... = value for name 'target/encoder/layers_0/...'; clashes are errors."""
+    *scopes, leaf = name.split("/")[1:]
+    node = target
+    for scope in scopes:
+        node = node.setdefault(scope, {})
+        if not isinstance(node, dict) or {"driver", "kvstore"} <= node.keys():  # an array or a zarr spec
+            raise ValueError(f"variable {name}: {scope} is itself a variable")
+    if leaf in node:
+        raise ValueError(f"variable {name} is given twice, or is a scope of other variables")
+    node[leaf] = value
+
+
+def chunk_shape(shape, itemsize: int, target_bytes: int = ZARR_CHUNK_BYTES) -> list[int]:
+    """T5X's zarr chunks for an array of `shape` written whole: the largest chunk of at most `target_bytes`
+    whose every dimension divides the array's, found by shrinking the largest dimension to its next
+    smaller divisor until it fits. [32128, 768] float32 -> [16064, 768]; [768, 3072] -> [768, 3072]."""
+    chunks = [max(size, 1) for size in shape]
+    limit = max(target_bytes // itemsize, 1)
+    while int(np.prod(chunks)) > limit:
+        i = int(np.argmax(chunks))  # the first of the largest
+        chunks[i] = max(d for d in range(1, chunks[i]) if shape[i] % d == 0)
+    return chunks
+
+
+def _write_zarr(directory: str, name: str, array: np.ndarray):
+    """Starts writing `array` as the zarr array `target.encoder....` of `directory`.
+
+    -> (its spec for the msgpack, with a path relative to the directory as T5X writes it, and the
+    tensorstore write, to `.result()`)."""
+    import tensorstore as ts
+
+    relative = name.replace("/", ".")
+    dtype = "bfloat16" if array.dtype.name == "bfloat16" else array.dtype.str  # zarr: '<f4', 'bfloat16'
+    metadata = {"chunks": chunk_shape(array.shape, array.dtype.itemsize), "compressor": {"id": "gzip", "level": 1},
+                "dtype": dtype, "shape": list(array.shape)}
+    store = ts.open({"driver": "zarr", "kvstore": _kvstore(directory, relative), "metadata": metadata}, create=True,
+                    delete_existing=True).result()
+    spec = {"driver": "zarr", "kvstore": {"driver": "gfile", "path": relative}, "metadata": metadata}
+    return spec, store.write(array)

@@ -245,6 +245,7 @@ def from_array(array, source: str | None = None) -> Initializer:
     return init
 
 
-def from_npy(path: str | os.PathLike) -> Initializer:
-    """The prompt saved in a `.npy` file ([P, H]), read now; see `from_array` (dtype kept, exact shape)."""
-    return from_array(prompt_io.load_prompt(path), source=f"prompt file {os.fspath(path)}")
+def from_npy(path: str | os.PathLike, variable: str | None = None) -> Initializer:
+    """The prompt saved in a `.npy` file ([P, H]), or `variable` of a T5X checkpoint directory (default
+    `target/encoder/prompt/prompt/prompt`), read now; see `from_array` (dtype kept, exact shape)."""
+    return from_array(prompt_io.load_prompt(path, variable=variable), source=f"prompt file {os.fspath(path)}")

@@ -34,6 +34,7 @@ import numpy as np
 
 from prompt_tuning_jax import files, pretrained_prompts
 from prompt_tuning_jax.files import atomic_write
+from prompt_tuning_jax.models import t5x
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -70,8 +71,12 @@ def save_prompt(path: str | os.PathLike, prompt) -> None:
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
-def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dtype=None) -> np.ndarray:
+def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dtype=None,
+                variable: str | None = None) -> np.ndarray:
     """Reads a `.npy` prompt: [P, H] (or [K, P, H] when `expected_shape` has 3 dims), values untouched.
+
+    `path` may also be a T5X checkpoint directory (a prompt the original library trained): its
+    `variable`, by default `target/encoder/prompt/prompt/prompt`.
 
     expected_shape: the shape the model needs; a mismatch is a ValueError naming
     both shapes (and the hidden size the prompt was trained for).
@@ -80,14 +85,11 @@ def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dt
     A prompt released with the package is checked against its sha256 first.
     """
     path = os.fspath(path)
-    if not files.is_file(path):
-        raise FileNotFoundError(f"prompt file {path} does not exist")
-    data = files.read_bytes(path)  # one read, local or gs://
-    pretrained_prompts.verify(path, data)
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"prompt file {path} is not a readable .npy array: {e}") from None
+    if t5x.is_t5x_checkpoint(path):
+        array = t5x.read_variable(path, variable or t5x.PROMPT_VARIABLE)
+        path = f"{path} {t5x.variable_name(variable or t5x.PROMPT_VARIABLE)}"
+    else:
+        array = _read_npy(path)
     if not isinstance(array, np.ndarray):  # an .npz archive
         raise ValueError(f"prompt file {path} is an .npz archive; save a single [P, H] array with save_prompt")
     ndim = len(expected_shape) if expected_shape is not None else 2
@@ -103,6 +105,17 @@ def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dt
         raise ValueError(f"prompt file {path} holds {bad} NaN or Inf values (a diverged run?); use an earlier "
                          "prompt_<step>.npy or retrain")
     return array.astype(dtype) if dtype is not None else array
+
+
+def _read_npy(path: str) -> np.ndarray:
+    if not files.is_file(path):
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    data = files.read_bytes(path)  # one read, local or gs://
+    pretrained_prompts.verify(path, data)
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"prompt file {path} is not a readable .npy array: {e}") from None
 
 
 # --- PEFT ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from prompt_tuning_jax import files, partitioning
+from prompt_tuning_jax.models import t5x
 from prompt_tuning_jax.prompts.io import load_prompt
 from prompt_tuning_jax.training.checkpoint import Checkpointer
 from prompt_tuning_jax.variables import Trainable
@@ -105,8 +106,9 @@ class MeshState:
         """Replaces the prompt (and head) with a trained one.
 
         checkpoint_path: a training MODEL_DIR (its latest checkpoint: prompt and
-        head), a folder holding `prompts/prompt_latest.npy`, or a `.npy` prompt
-        file (a prompt only: refused when this model has a head).
+        head), a folder holding `prompts/prompt_latest.npy`, a `.npy` prompt
+        file or a prompt-tuned T5X checkpoint (`target/encoder/prompt/prompt/prompt`)
+        (a prompt only: refused when this model has a head).
         """
         path = check_checkpoint_path(checkpoint_path)
         if _exists(os.path.join(path, "checkpoints")):
@@ -145,7 +147,8 @@ def check_checkpoint_path(checkpoint_path: str | os.PathLike) -> str:
     """The path as a string; FileNotFoundError naming CHECKPOINT_PATH when there is nothing there."""
     path = os.fspath(checkpoint_path)
     if not _exists(path):
-        raise FileNotFoundError(f"CHECKPOINT_PATH {path} does not exist (give a .npy prompt or a MODEL_DIR)")
+        raise FileNotFoundError(f"CHECKPOINT_PATH {path} does not exist (give a .npy prompt, a MODEL_DIR or a "
+                                "prompt-tuned T5X checkpoint)")
     return path
 
 
@@ -154,8 +157,9 @@ def _exists(path: str) -> bool:
 
 
 def _prompt_file(path: str) -> str:
-    """A .npy file as given; a folder -> its prompts/prompt_latest.npy."""
-    if not files.is_dir(path):
+    """A .npy file or a T5X checkpoint directory (its prompt variable) as given; a folder -> its
+    prompts/prompt_latest.npy."""
+    if not files.is_dir(path) or t5x.is_t5x_checkpoint(path):
         return path
     latest = os.path.join(path, "prompts", "prompt_latest.npy")
     if not _exists(latest):
