@@ -7,7 +7,9 @@
 Order of gin files: models -> prompts -> models/sizes -> runtime -> models/decoding
 -> runs (later files and then --gin.NAME=VALUE overrides win). A --gin_file is
 looked up in --gin_search_paths, the current folder, the configs shipped in the
-package and the package itself (for pretrained_prompts/). The shipped files
+package and the package itself (for pretrained_prompts/); the original library's
+paths (`prompt_tuning/configs/...`) in its mirror `configs/original/` (`compat.py`),
+and T5X's settings (`--gin.utils.DatasetConfig.batch_size=...`) become our macros. The shipped files
 include each other by package path (`include 'prompt_tuning_jax/configs/...'`),
 which gin resolves from the installed package.
 Multi-host: on TPU VMs `jax.distributed` starts by itself; elsewhere pass
@@ -26,7 +28,7 @@ from typing import Callable, Sequence
 
 import gin
 
-from prompt_tuning_jax import experiments
+from prompt_tuning_jax import compat, experiments
 from prompt_tuning_jax.experiments import demo_model, sweeps
 from prompt_tuning_jax.models import hub_id
 from prompt_tuning_jax.pretrained_prompts import released_prompt
@@ -56,7 +58,7 @@ def configured(fn: Callable) -> Callable:
 
 
 def config_search_paths(extra: Sequence[str] = ()) -> list[str]:
-    return [os.path.abspath(p) for p in extra if p] + [os.getcwd(), CONFIG_DIR, PACKAGE_DIR]
+    return [os.path.abspath(p) for p in extra if p] + [os.getcwd(), CONFIG_DIR, PACKAGE_DIR, compat.ORIGINAL_DIR]
 
 
 def find_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
@@ -68,15 +70,21 @@ def find_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             return path
+    if compat.original_gin_file(name):  # the original library's path: its mirror, or an error naming what maps
+        return compat.original_gin_file(name)
     raise FileNotFoundError(f"gin file {name} not found in {folders} (use --gin_search_paths)")
 
 
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
-    """Clears gin, parses the files (later ones win) and then the bindings; every required macro must be set."""
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = (),
+              command: str | None = None) -> None:
+    """Clears gin, parses the files (later ones win) and then the bindings; every required macro must be set.
+
+    T5X settings among the bindings become ours first (`compat.translate_bindings`, for `command`)."""
     register_configurables()
     gin.clear_config()
     resolved = [find_gin_file(f, search_paths) for f in gin_files]
-    for folder in search_paths:  # for `include`s of the user's own files
+    bindings = compat.translate_bindings(bindings, command)
+    for folder in [*search_paths, compat.ORIGINAL_DIR]:  # for `include`s of the user's own files
         if os.path.abspath(folder) not in _search_paths_added:
             gin.add_config_file_search_path(os.path.abspath(folder))
             _search_paths_added.add(os.path.abspath(folder))
@@ -112,6 +120,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--process_id", type=int)
     p.add_argument("--heartbeat_timeout", type=int, default=distributed.HEARTBEAT_TIMEOUT_S,
                    help="seconds after which a silent process counts as dead and the others exit non-zero")
+    p.add_argument("--tfds_data_dir", help="T5X's flag, accepted for the original's scripts: tasks here do not read "
+                                           "TFDS (see compat.note_tfds_data_dir)")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -144,6 +154,7 @@ def main(entry: Callable[..., None], description: str, argv=None,
     """Parses flags and gin, starts multi-host JAX, runs `entry`; errors are one `error:` line and exit 2.
 
     add_arguments: adds a command's own flags to the parser; `entry` then gets the parsed args.
+    T5X settings that apply to one command only are read for `entry`'s (prompt_tuning_jax.train -> 'train').
     """
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -177,7 +188,10 @@ def main(entry: Callable[..., None], description: str, argv=None,
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - and prints its summary
         if not args.gin_file and not bindings:
             raise ValueError("no configuration: pass --gin_file=... (see configs/runs/)")
-        parse_gin(args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p])
+        command = entry.__module__.rpartition(".")[2]
+        compat.note_tfds_data_dir(args.tfds_data_dir)
+        parse_gin(args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p],
+                  command if command in ("train", "eval", "infer") else None)
         entry(args) if add_arguments is not None else entry()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -5,6 +5,11 @@ As in the original library, for `--gin_search_paths` or for the released prompts
     python -m prompt_tuning_jax.find_module                                       # the package
     python -m prompt_tuning_jax.find_module prompt_tuning_jax.configs             # the shipped gin files
     python -m prompt_tuning_jax.find_module prompt_tuning_jax.pretrained_prompts  # the released prompts
+
+The original's scripts ask for `prompt_tuning`, `t5x` and `flaxformer` (as gin search paths, and
+`prompt_tuning/../pretrained_prompts/...` for the released prompts): `prompt_tuning` is this package, and
+`t5x` / `flaxformer`, which are not used here, answer the mirror of the original's gin files
+(`configs/original`, where T5X's run defaults now live), saying so on stderr.
 """
 from __future__ import annotations
 
@@ -15,6 +20,12 @@ import sys
 
 
 def module_folder(name: str) -> str:
+    if name in ("prompt_tuning", "t5x", "flaxformer"):  # the original library's (see above)
+        from prompt_tuning_jax import compat
+
+        folder = module_folder("prompt_tuning_jax") if name == "prompt_tuning" else compat.ORIGINAL_DIR
+        print(f"find_module: {name} is the original library's; answering {folder}", file=sys.stderr)
+        return folder
     module = importlib.import_module(name)
     if getattr(module, "__file__", None) is None:
         raise ModuleNotFoundError(f"{name} is a namespace package with no single folder")

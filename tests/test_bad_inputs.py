@@ -52,6 +52,10 @@ BAD_SETTINGS = [
     ("--gin.METHOD='icl:2'", ["METHOD 'icl:2'", "linear_head.gin"]),
     ("--gin.LORA_TARGETS=['c_attn']", ["LORA_TARGETS", "METHOD is 'prompt'"]),
     ("--gin.LORA_ALPHA=0", ["LORA_ALPHA"]),
+    ("--gin.MIXTURE_OR_TASK_MODULE='no_such_tasks'", ["MIXTURE_OR_TASK_MODULE 'no_such_tasks' cannot be imported"]),
+    ("--gin.adafactor.Adafactor.decay_rate=0.8", ["adafactor.Adafactor.decay_rate", "T5X setting with no counterpart"]),
+    ("--gin.utils.DatasetConfig.batch_size=8", ["utils.DatasetConfig.batch_size", "does nothing in T5X's train"]),
+    ("--gin_file=prompt_tuning/configs/models/mt5_80b_prompt.gin", ["mt5_80b_prompt.gin", "no counterpart here"]),
 ]
 
 

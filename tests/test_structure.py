@@ -15,6 +15,7 @@ LAYERS = {
     "decoding": 3,
     "training": 4,
     "experiments": 5,
+    "compat": 6,
     "cli": 6, "info": 6, "find_module": 6, "extract_variable": 6,
     "train": 7, "eval": 7, "infer": 7, "sweep": 7, "inspect": 7, "compile": 7,
 }

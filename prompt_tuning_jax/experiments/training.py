@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from typing import Sequence
 
 import jax
@@ -116,8 +117,9 @@ def t5x_schedule(model: ModelSpec, schedule: TrainSpec) -> TrainSpec:
         raise ValueError(f"TRAIN_STEPS={schedule.steps} but the T5X checkpoint {model.path} is at step {start}, and "
                          f"T5X counts TRAIN_STEPS from it: set TRAIN_STEPS to {start} plus the steps of prompt "
                          f"tuning (e.g. --gin.TRAIN_STEPS={start + 1000} for 1000)")
-    logger.warning("T5X checkpoint at step %d: TRAIN_STEPS=%d runs %d steps of prompt tuning (T5X counts from the "
-                   "checkpoint's step)", start, schedule.steps, schedule.steps - start)
+    print(f"t5x: the checkpoint is at step {start:,}, so TRAIN_STEPS={schedule.steps:,} runs "
+          f"{schedule.steps - start:,} steps of prompt tuning (T5X counts TRAIN_STEPS from the checkpoint's step)",
+          file=sys.stderr)
     return dataclasses.replace(schedule, steps=schedule.steps - start)
 
 
