@@ -12,8 +12,8 @@ def run() -> None:
         print(f"preempted (SIGTERM) at step {summary['step']}: checkpoint saved in {summary['model_dir']}; "
               "run the same command again to resume")
         return
-    if summary.get("method", "").startswith("icl:"):
-        print(f"in-context learning (METHOD {summary['method']}), nothing trained; "
+    if summary.get("trained") is False:
+        print(f"METHOD {summary['method']} trains nothing; "
               + ", ".join(f"{k} {v:.2f}" for k, v in summary["eval"].items()) + f"; results in {summary['model_dir']}")
         return
     msg = f"trained {summary['step']} steps; " + (f"prompt: {summary['prompt_file']}" if summary.get("prompt_file")

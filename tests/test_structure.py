@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "prompt_tuning_jax"
 LAYERS = {
     "variables": 0, "files": 0, "partitioning": 0, "tokenizer": 0, "pretrained_prompts": 0, "topologies": 0,
     "models": 1, "data": 1,
-    "prompts": 2, "heads": 2,
+    "prompts": 2, "heads": 2, "methods": 2,
     "decoding": 3,
     "training": 4,
     "experiments": 5,

@@ -72,7 +72,7 @@ class Run:
 
     @property
     def programs(self) -> tuple[str, ...]:
-        trains = self.kind == "train" and self.prompt.demonstrations is None
+        trains = self.kind == "train" and self.prompt.method_impl.trains
         decodes = self.prompt.head is None
         return (("train_step",) if trains else ()) + (() if self.kind == "infer" else ("eval_step",)) + \
             (("decode",) if decodes else ())

@@ -159,7 +159,7 @@ class PromptSpec:
     (K transformer blocks of each stack), 'lora:R' (rank-R LoRA on the blocks' projections,
     scaled by lora_alpha / R, on `lora_targets` (None: all) as `models.lora`), 'icl:K'
     (in-context learning: K demonstrations from the training split before each eval input;
-    nothing trains); see `variables.trainable_filter`.
+    nothing trains); see `methods/`, one module per method.
     """
 
     length: int = 100
@@ -184,24 +184,9 @@ class PromptSpec:
     lora_targets: Sequence[str] | None = None
 
     def __post_init__(self):
-        from prompt_tuning_jax.variables import parse_method
-
         check_count(self.length, "PROMPT_LENGTH")
-        kind = parse_method(self.method)[0]
-        if kind == "probe" and self.head != "linear":
-            raise ValueError("METHOD 'probe' trains a linear head on the frozen model: add prompts/linear_head.gin "
-                             "(ptj.PromptSpec.head = 'linear')")
-        if kind == "icl" and self.head is not None:
-            raise ValueError(f"METHOD {self.method!r} (in-context learning) answers with the LM head and trains "
-                             "nothing: drop prompts/linear_head.gin")
-        if not isinstance(self.lora_alpha, (int, float)) or isinstance(self.lora_alpha, bool) or self.lora_alpha <= 0:
-            raise ValueError(f"LORA_ALPHA must be a number > 0, got {self.lora_alpha!r}")
-        if self.lora_targets is not None and (isinstance(self.lora_targets, str) or not self.lora_targets):
-            raise ValueError(f"LORA_TARGETS must be a non-empty list of projection names (e.g. ['c_attn']) or "
-                             f"None for all, got {self.lora_targets!r}")
-        if self.lora_targets is not None and kind != "lora":
-            raise ValueError(f"LORA_TARGETS is set but METHOD is {self.method!r}, which has no LoRA: set METHOD "
-                             "'lora:R', or drop LORA_TARGETS")
+        self.method_impl.check(self)
+        self._check_other_methods_settings()
         check_count(self.num_tasks, "num_tasks (ptj.PromptSpec.num_tasks)")
         if self.placement not in ("prefix", "suffix"):
             raise ValueError(f"PROMPT_PLACEMENT must be 'prefix' or 'suffix', got {self.placement!r}")
@@ -257,37 +242,47 @@ class PromptSpec:
         return jnp.asarray(table, jnp.float32)
 
     @property
+    def method_impl(self):
+        """METHOD as its `methods.Method` (what it adds, what trains, what it exports)."""
+        from prompt_tuning_jax.methods import get_method
+
+        return get_method(self.method)
+
+    def _check_other_methods_settings(self) -> None:
+        """A setting only another method reads (LORA_TARGETS without 'lora:R') would be ignored: refused."""
+        from prompt_tuning_jax.methods import registered
+
+        mine = type(self.method_impl)
+        for cls in registered().values():
+            for field, default in cls.settings.items():
+                if cls is not mine and field not in mine.settings and getattr(self, field) != default:
+                    raise ValueError(f"{field.upper()} is set but METHOD is {self.method!r}, which does not read "
+                                     f"it: set METHOD '{cls.name}{':' + cls.argument if cls.argument else ''}', "
+                                     f"or drop {field.upper()}")
+
+    @property
     def has_prompt(self) -> bool:
-        """Prompt tuning has a prompt; the baselines (METHOD probe, full, first/last/middle:K, lora:R, icl:K)
-        have none."""
-        return self.method == "prompt"
+        """Whether a soft prompt trains (prompt tuning; not the baselines)."""
+        return self.method_impl.has_prompt
 
     @property
     def demonstrations(self) -> int | None:
-        """K for METHOD 'icl:K' (in-context learning: nothing trains), else None."""
-        from prompt_tuning_jax.variables import parse_method
-
-        kind, k = parse_method(self.method)
-        return k if kind == "icl" else None
+        """K demonstrations before each evaluated input (METHOD 'icl:K'), else None."""
+        return self.method_impl.demonstrations
 
     def build(self, model, tokenizer):
-        from prompt_tuning_jax.models.lora import add_lora
+        """The PromptedModel: METHOD's variables added to `model`, then the prompt (if METHOD has one) and head."""
         from prompt_tuning_jax.prompts import with_prompt
-        from prompt_tuning_jax.variables import parse_method
 
-        kind, rank = parse_method(self.method)
-        if kind == "lora":
-            add_lora(model, rank, self.lora_alpha, self.lora_targets, seed=self.seed)
+        self.method_impl.add_variables(model, self)
         init = self.initializer(model, tokenizer) if self.has_prompt else None
         return with_prompt(model, self.length if self.has_prompt else 0, init, placement=self.placement,
                            head=self.head, num_labels=self.num_labels, regression=self.regression,
                            num_tasks=self.num_tasks, before_eos=self.before_eos, seed=self.seed)
 
     def trainable(self, prompted):
-        """The nnx filter of the variables METHOD trains in `prompted` (`variables.trainable_filter`)."""
-        from prompt_tuning_jax.variables import trainable_filter
-
-        return trainable_filter(self.method, prompted)
+        """The nnx filter of the variables METHOD trains in `prompted` (`methods.Method.trainable`)."""
+        return self.method_impl.trainable(prompted)
 
     def for_task(self, task) -> "PromptSpec":
         """Fills what the task knows: the head's number of labels, and the class labels to initialise from."""

@@ -28,13 +28,11 @@ from prompt_tuning_jax.data import TrainIterator
 from prompt_tuning_jax.experiments import loading, planning
 from prompt_tuning_jax.experiments.scoring import TaskScorer
 from prompt_tuning_jax.experiments.specs import DataSpec, ModelSpec, PromptSpec, TrainSpec
-from prompt_tuning_jax.prompts.io import export_peft_lora
 from prompt_tuning_jax.training import optim
 from prompt_tuning_jax.training.hooks import standard_hooks
 from prompt_tuning_jax.training.lock import RunLock
 from prompt_tuning_jax.training.loop import fit
 from prompt_tuning_jax.training.trainer import Trainer
-from prompt_tuning_jax.variables import parse_method
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +65,7 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
     mesh_shape = planning.resolve_mesh_shape(planning.Run("train", model, prompt, data, schedule, optimizer,
                                                           mesh_shape=mesh_shape))
     loaded = loading.load_prompted(model, prompt, tasks, loading.make_mesh(mesh_shape))
-    if prompt.demonstrations is not None:
+    if not prompt.method_impl.trains:
         return _in_context(model_dir, loaded, model, data, schedule, tasks)
     tx = optimizer if optimizer is not None else optim.make_optimizer(total_steps=schedule.steps)
     trainer = Trainer(loaded.state, tx, objective=loading.objective(loaded.prompt, tasks[0]),
@@ -88,8 +86,8 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
                    batch_shapes=len(batches.batcher.shapes))
     logger.info("training batches: %.1f%% padding, %d shapes (one compilation each)",
                 100 * summary["padding_fraction"], summary["batch_shapes"])
-    if parse_method(prompt.method)[0] == "lora" and not summary.get("preempted"):
-        summary["lora_adapter"] = _export_lora(model_dir, loaded, trainer, model.path)
+    if not summary.get("preempted"):  # what the method leaves beside the checkpoints (a PEFT adapter)
+        summary.update(prompt.method_impl.export(model_dir, loaded.state, trainer.trainable, model.path))
     summary.update(trainable_params=int(sum(np.size(x) for x in jax.tree.leaves(trainer.trainable))),
                    majority_rate=majority_rate, placement=prompt.placement, prompt_length=prompt.length)
     return summary
@@ -124,13 +122,14 @@ def t5x_schedule(model: ModelSpec, schedule: TrainSpec) -> TrainSpec:
 
 
 def _in_context(model_dir, loaded, model: ModelSpec, data: DataSpec, schedule: TrainSpec, tasks) -> dict:
-    """METHOD 'icl:K': nothing trains; the eval split, with K demonstrations before each input, is scored
-    once and recorded as the evaluation of step 0 (metrics.jsonl, best.json), like a run's."""
+    """A METHOD that trains nothing (in-context learning, 'icl:K'): the eval split, with the method's
+    demonstrations before each input, is scored once and recorded as the evaluation of step 0
+    (metrics.jsonl, best.json), like a run's."""
     from prompt_tuning_jax.training.records import RunRecord
 
     evaluate, majority_rate = _evaluator(tasks, loaded, data, schedule, model.padding_side)
     if evaluate is None:
-        raise ValueError(f"METHOD {loaded.prompt.method!r} (in-context learning) only evaluates: set EVAL_SPLIT "
+        raise ValueError(f"METHOD {loaded.prompt.method!r} trains nothing and only evaluates: set EVAL_SPLIT "
                          "(and for a classification task EVAL_SCORING 'rank' or 'generate')")
     metrics = evaluate(None)
     key = next(iter(metrics))
@@ -143,22 +142,11 @@ def _in_context(model_dir, loaded, model: ModelSpec, data: DataSpec, schedule: T
         record.write_summary()
         record.close()
         files.atomic_write(os.path.join(model_dir, "best.json"), json.dumps(best, indent=2))
-    logger.info("in-context learning with %d demonstrations: %s", loaded.prompt.demonstrations, metrics)
-    return {"step": 0, "train": {}, "eval": metrics, "best": best, "preempted": False, "nonfinite_steps": 0,
+    logger.info("METHOD %s, nothing trained: %s", loaded.prompt.method, metrics)
+    return {"step": 0, "train": {}, "eval": metrics, "trained": False, "best": best, "preempted": False, "nonfinite_steps": 0,
             "prompt_file": None, "model_dir": model_dir, "method": loaded.prompt.method, "prompt": None,
             "trainable_params": 0, "majority_rate": majority_rate, "placement": loaded.prompt.placement,
             "prompt_length": 0}
-
-
-def _export_lora(model_dir: str, loaded, trainer, base_model: str) -> str:
-    """The trained LoRA factors as a PEFT adapter in MODEL_DIR/lora_adapter (written by process 0)."""
-    from prompt_tuning_jax import partitioning
-
-    trainable = jax.tree.map(partitioning.host_value, trainer.trainable)  # replicated: every process reads them
-    folder = os.path.join(model_dir, "lora_adapter")
-    if jax.process_index() == 0:
-        export_peft_lora(folder, loaded.state.merge(trainable).model, base_model)
-    return folder
 
 
 def _write_summary(model_dir: str, summary: dict) -> None:

@@ -84,7 +84,7 @@ class PromptedModel(nnx.Module):
             init_fn = None
         else:
             init_fn = _resolve_init(init, model)
-        if length == 0:  # no prompt: a baseline that trains model weights or a head (`variables.trainable_filter`)
+        if length == 0:  # no prompt: a baseline that trains model weights or a head (`methods/`)
             value = jnp.zeros(((num_tasks,) if num_tasks > 1 else ()) + shape, jnp.float32)
         elif init_fn is None:
             value = jnp.asarray(init, jnp.float32)

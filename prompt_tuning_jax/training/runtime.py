@@ -39,7 +39,7 @@ BATCH_KEYS = ("input_ids", "attention_mask", "target_ids", "target_mask", "label
 class MeshState:
     """`graphdef`, `trainable` and `frozen` (sharded) state of a prompted model, with their shardings.
 
-    trainable: an nnx filter of what trains (`variables.trainable_filter`; default the
+    trainable: an nnx filter of what trains (`methods.Method.trainable`; default the
     `Trainable` prompt and head). Prompt and head are replicated; model weights that
     train (fine-tuning baselines) keep the sharding of their logical axes.
     """
