@@ -8,7 +8,9 @@ or the name of a released prompt (`t5_1_1_lm100k_base/sst2.npy`). For every
 prompt position it prints the `--top` vocabulary tokens nearest by cosine
 similarity, then the similarity of the positions to each class label (mean
 embedding of the label's tokens), and writes a PNG heatmap of the latter with
-each position's nearest token.
+each position's nearest token. `--toward TEXT` adds how near each position is to the token of
+TEXT at that position (a wayward prompt's WAYWARD_PROMPT: the rank of that token among the
+position's neighbours, how many positions have it nearest, and the squared distance).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from prompt_tuning_jax import files
 from prompt_tuning_jax.pretrained_prompts import RELEASED, released_prompt
-from prompt_tuning_jax.prompts.interpret import label_similarity, nearest_tokens
+from prompt_tuning_jax.prompts.interpret import label_similarity, nearest_tokens, toward_tokens
 from prompt_tuning_jax.prompts.io import load_prompt
 
 
@@ -48,6 +50,18 @@ def report(result: dict, title: str) -> str:
         for c, label in enumerate(result["labels"]):
             best = int(np.argmax(sims[:, c]))
             lines.append(f"  {label!r}: mean {sims[:, c].mean():.3f}; position {best} at {sims[best, c]:.3f}")
+    return "\n".join(lines)
+
+
+def toward_report(prompt, table, tokenizer, text: str) -> str:
+    """Lines saying how near the prompt's first positions are to the tokens of `text` (`toward_tokens`)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    near = toward_tokens(prompt, table, ids)
+    ranks = near["rank"]
+    lines = [f"toward {text!r}: {near['matches']} of {near['n']} positions have the text's token as their nearest; "
+             f"median rank {int(np.median(ranks)) if len(ranks) else 0}; squared distance {near['distance']:.4f} "
+             "(sum over positions / P, zero rows past the text)"]
+    lines += [f"  {p:4d}  {_token(tokenizer, i)!r}: rank {int(r)}" for p, (i, r) in enumerate(zip(ids, ranks))]
     return "\n".join(lines)
 
 
@@ -83,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--labels", default="", help="comma-separated class labels, e.g. negative,positive")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--png", default=None, help="heatmap path (default: <prompt name>_inspect.png here)")
+    p.add_argument("--toward", default=None, metavar="TEXT",
+                   help="a discrete prompt (a wayward prompt's WAYWARD_PROMPT): how near each position is to its token")
     args = p.parse_args(argv)
     try:
         run(args)
@@ -109,6 +125,8 @@ def run(args) -> None:
         title = stem if len(prompts) == 1 else f"{stem}[{k}]"
         result = inspect_prompt(prompt, table, tokenizer, labels, args.top)
         print(report(result, title))
+        if args.toward:
+            print(toward_report(prompt, table, tokenizer, args.toward))
         png = args.png or f"{stem}_inspect.png"
         if len(prompts) > 1:
             png = f"{os.path.splitext(png)[0]}_{k}.png"

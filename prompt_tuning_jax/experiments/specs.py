@@ -159,7 +159,8 @@ class PromptSpec:
     (K transformer blocks of each stack), 'lora:R' (rank-R LoRA on the blocks' projections,
     scaled by lora_alpha / R, on `lora_targets` (None: all) as `models.lora`), 'icl:K'
     (in-context learning: K demonstrations from the training split before each eval input;
-    nothing trains); see `methods/`, one module per method.
+    nothing trains), 'wayward' (prompt tuning plus wayward_gamma * the squared distance to the
+    text `wayward_prompt` embedded, Khashabi et al., 2021); see `methods/`, one module per method.
     """
 
     length: int = 100
@@ -182,6 +183,8 @@ class PromptSpec:
     method: str = "prompt"
     lora_alpha: float = 8.0
     lora_targets: Sequence[str] | None = None
+    wayward_prompt: str | None = None
+    wayward_gamma: float = 0.01
 
     def __post_init__(self):
         check_count(self.length, "PROMPT_LENGTH")

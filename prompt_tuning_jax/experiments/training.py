@@ -69,7 +69,8 @@ def _train(model_dir, model, prompt, data, schedule, optimizer, mesh_shape, task
         return _in_context(model_dir, loaded, model, data, schedule, tasks)
     tx = optimizer if optimizer is not None else optim.make_optimizer(total_steps=schedule.steps)
     trainer = Trainer(loaded.state, tx, objective=loading.objective(loaded.prompt, tasks[0]),
-                      accum_steps=schedule.accum_steps, seed=data.seed)  # SEED: data order and dropout masks
+                      accum_steps=schedule.accum_steps, seed=data.seed,  # SEED: data order and dropout masks
+                      regularizer=prompt.method_impl.regularizer(loaded.prompt, loaded.model, loaded.tokenizer))
     evaluate, majority_rate = _evaluator(tasks, loaded, data, schedule, model.padding_side)
     config = {"model": dataclasses.asdict(model), "prompt": dataclasses.asdict(prompt), "data": dataclasses.asdict(data),
               "schedule": dataclasses.asdict(schedule), "mesh_shape": list(mesh_shape)}

@@ -8,6 +8,7 @@ A method is a `Method` subclass registered under its name. It declares
   PromptSpec fields only it reads (set with another method, they are refused);
 - `add_variables(model, spec)`: variables it adds to the frozen model (LoRA factors);
 - `trainable(prompted)`: the nnx filter of what trains (gradients, optimizer state, checkpoints);
+- `regularizer(spec, model, tokenizer)`: an extra loss term on what trains, or None;
 - `export(model_dir, state, trainable, base_model)`: what it writes at the end of a run beyond the
   checkpoints and the prompt `.npy` files (a PEFT adapter), as summary entries.
 
@@ -61,6 +62,12 @@ class Method:
     def trainable(self, prompted) -> nnx.filterlib.Filter:
         """The nnx filter of what trains in `prompted` (a PromptedModel); by default its head only."""
         return HEAD
+
+    def regularizer(self, spec, model, tokenizer):
+        """An extra loss term on the trained state: a function PromptedModel -> scalar, added once per step to
+        the objective's mean loss (after accumulation), or None (the default). `model` and `tokenizer` are the
+        run's frozen model and tokenizer, for terms that need its embeddings (METHOD 'wayward')."""
+        return None
 
     def export(self, model_dir: str, state, trainable, base_model: str) -> dict:
         """Writes what this method leaves beside the checkpoints -> summary entries. `state` is the run's

@@ -38,3 +38,21 @@ def label_similarity(prompt, table, label_ids: Sequence[Sequence[int]]) -> np.nd
         raise ValueError("a class label has no tokens")
     labels = np.stack([table[list(ids)].mean(axis=0) for ids in label_ids])  # [C, H]
     return _unit(prompt) @ _unit(labels).T
+
+
+def toward_tokens(prompt, table, ids: Sequence[int]) -> dict:
+    """How close prompt positions 0..n-1 are to the tokens `ids` (n of them, e.g. a wayward prompt's text):
+    {'rank': [n] the rank of token ids[p] among row p's cosine neighbours (0: the nearest),
+     'matches': how many rows have ids[p] as their nearest token, 'n': n,
+     'distance': sum_p ||prompt_p - table[ids[p]]||^2 / P over the P rows (zero target rows after n),
+     the distance a wayward prompt's loss weighs}."""
+    prompt, table = np.asarray(prompt, np.float32), np.asarray(table, np.float32)
+    ids = list(ids)[:len(prompt)]
+    n = len(ids)
+    sims = _unit(prompt[:n]) @ _unit(table).T  # [n, V]
+    own = sims[np.arange(n), ids]
+    rank = (sims > own[:, None]).sum(axis=1)
+    target = np.zeros_like(prompt)
+    target[:n] = table[ids]
+    distance = float(np.sum(np.square(prompt - target)) / len(prompt))
+    return {"rank": rank, "matches": int((rank == 0).sum()), "n": n, "distance": distance}

@@ -46,6 +46,8 @@ class RecordHook(Hook):
         loop.last_train = {"loss": sums["loss_sum"] / max(sums["denominator"], 1e-9),
                            "grad_norm": float(sums["grad_norm"]) / n_steps,
                            "examples_per_s": loop.examples / seconds, "tokens_per_s": loop.tokens / seconds}
+        if "regularizer" in sums:  # a method's extra loss term (METHOD 'wayward'), per step
+            loop.last_train["regularizer"] = float(sums["regularizer"]) / n_steps
         if "correct" in sums:
             loop.last_train["accuracy"] = 100.0 * sums["correct"] / max(sums["examples"], 1e-9)
         loop.restart_clock()

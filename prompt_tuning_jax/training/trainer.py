@@ -46,7 +46,8 @@ def dropout_keys(seed: int | None, step: jax.Array, rows: int) -> jax.Array | No
     return jax.vmap(jax.random.fold_in, (None, 0))(step_key, jnp.arange(rows))
 
 
-def _train_step(trainable, opt_state, frozen, batch, step, *, graphdef, tx, objective, accum_steps, seed):
+def _train_step(trainable, opt_state, frozen, batch, step, *, graphdef, tx, objective, accum_steps, seed,
+                regularizer=None):
     def sums(tr, micro):
         micro = dict(micro)
         keys = micro.pop("dropout_rng", None)
@@ -71,6 +72,10 @@ def _train_step(trainable, opt_state, frozen, batch, step, *, graphdef, tx, obje
         (grads, terms), _ = jax.lax.scan(body, zero, micro)
     denominator = jnp.maximum(terms["denominator"], 1e-9)
     grads = jax.tree.map(lambda g: g / denominator, grads)
+    if regularizer is not None:  # the method's extra term, on the mean loss: once per step
+        value, extra = jax.value_and_grad(lambda tr: regularizer(nnx.merge(graphdef, tr, frozen)))(trainable)
+        grads = jax.tree.map(jnp.add, grads, extra)
+        terms = {**terms, "regularizer": value}
     grad_norm = optax.tree.norm(grads)
     with jax.named_scope("optimizer"):
         updates, new_opt_state = tx.update(grads, opt_state, trainable)
@@ -90,11 +95,12 @@ class Trainer:
     prompted: a PromptedModel (split and placed here, on `mesh` with `rules`) or
     an existing `MeshState`. `predictor` evaluates the current state (never
     with dropout). seed: the run's dropout seed (module docstring); None trains
-    without dropout whatever the model's rates.
+    without dropout whatever the model's rates. regularizer: PromptedModel -> scalar added to the
+    mean loss once per step (a method's extra term, `methods.Method.regularizer`), or None.
     """
 
     def __init__(self, prompted, optimizer: optax.GradientTransformation, *, objective: str = "lm", mesh=None,
-                 rules=None, accum_steps: int = 1, seed: int | None = 0):
+                 rules=None, accum_steps: int = 1, seed: int | None = 0, regularizer=None):
         state = prompted if isinstance(prompted, MeshState) else MeshState(prompted, mesh, rules)
         objectives.check_objective(objective, state.merge())
         if accum_steps < 1:
@@ -108,7 +114,7 @@ class Trainer:
             self.opt_state = jax.jit(optimizer.init, out_shardings=state.replicated)(state.trainable)
         self.step = 0
         step_fn = functools.partial(_train_step, graphdef=state.graphdef, tx=optimizer, objective=objective,
-                                    accum_steps=accum_steps, seed=seed)
+                                    accum_steps=accum_steps, seed=seed, regularizer=regularizer)
         rep, tr = state.replicated, state.trainable_shardings
         self._step = jax.jit(step_fn, in_shardings=(tr, rep, state.frozen_shardings, state.batch_sharding, rep),
                              out_shardings=(tr, rep, rep), donate_argnums=(0, 1))

@@ -31,7 +31,7 @@ DECODING = _files("models/decoding")
 RUNS = _files("runs")
 REQUIRED = ["MODEL_DIR='/tmp/x'", "MIXTURE_OR_TASK_NAME='sst2'", "PROMPT_TEXT='classify the sentiment'",
             "PROMPT_FILE='/tmp/p.npy'", "CHECKPOINT_PATH='/tmp/x'", "EVAL_OUTPUT_DIR='/tmp/e'",
-            "EMBEDDING_FILE='/tmp/embeddings.npy'"]
+            "EMBEDDING_FILE='/tmp/embeddings.npy'", "WAYWARD_PROMPT='classify the sentiment'"]
 FAMILY_SIZES = [(family, size) for family in FAMILIES for size in HUB_IDS[family]]
 # The demo model file builds the demo checkpoint (pretrained in code, ~20 s) unless it is cached.
 MODEL_PARAMS = [pytest.param(f, marks=pytest.mark.slow) if "demo" in f else f for f in MODELS]
@@ -68,7 +68,7 @@ def build(files, bindings=()):
 
 
 def test_there_are_configs_of_every_kind():
-    assert len(MODELS) >= 25 and len(PROMPTS) == 7 and RUNTIME
+    assert len(MODELS) >= 25 and len(PROMPTS) == 8 and RUNTIME
     assert set(FAMILIES) == set(HUB_IDS) == {"gpt2", "t5", "t5_1_1", "t5_1_1_lm100k", "flan_t5", "mt5"}
     assert {f"models/sizes/{s}.gin" for sizes in HUB_IDS.values() for s in sizes} == set(SIZES)
     assert {pathlib.PurePath(p).name for p in RUNS} == {"prompt_finetune.gin", "prompt_eval.gin",
