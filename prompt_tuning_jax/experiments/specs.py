@@ -161,6 +161,12 @@ class PromptSpec:
     (in-context learning: K demonstrations from the training split before each eval input;
     nothing trains), 'wayward' (prompt tuning plus wayward_gamma * the squared distance to the
     text `wayward_prompt` embedded, Khashabi et al., 2021); see `methods/`, one module per method.
+    multitask_*: METHOD 'multitask' (the original's extended multi-task prompts, `methods/multitask.py`),
+    a shared prompt and per-task parts combined for each row by its task: multitask_combine 'add' |
+    'concat' | 'concat_features' | 'project' | 'factorized'; multitask_task_length (P_t of 'concat' and
+    'factorized', None: P); multitask_shared_features (H_s of 'concat_features' and 'project');
+    multitask_factors ('factorized': each mixture task's [first, second] factor, e.g. [language, task]);
+    multitask_task (evaluate or infer task k of a K-task run: every row gets task k's prompt; with num_tasks=K).
     """
 
     length: int = 100
@@ -185,6 +191,11 @@ class PromptSpec:
     lora_targets: Sequence[str] | None = None
     wayward_prompt: str | None = None
     wayward_gamma: float = 0.01
+    multitask_combine: str = "add"
+    multitask_task_length: int | None = None
+    multitask_shared_features: int | None = None
+    multitask_factors: Sequence[Sequence[int]] | None = None
+    multitask_task: int | None = None
 
     def __post_init__(self):
         check_count(self.length, "PROMPT_LENGTH")
@@ -279,9 +290,11 @@ class PromptSpec:
 
         self.method_impl.add_variables(model, self)
         init = self.initializer(model, tokenizer) if self.has_prompt else None
+        module = self.method_impl.prompt_module(self, model, init, self.num_tasks)  # None: the soft prompt
         return with_prompt(model, self.length if self.has_prompt else 0, init, placement=self.placement,
                            head=self.head, num_labels=self.num_labels, regression=self.regression,
-                           num_tasks=self.num_tasks, before_eos=self.before_eos, seed=self.seed)
+                           num_tasks=self.num_tasks, before_eos=self.before_eos, seed=self.seed,
+                           prompt_module=module)
 
     def trainable(self, prompted):
         """The nnx filter of the variables METHOD trains in `prompted` (`methods.Method.trainable`)."""

@@ -166,10 +166,16 @@ def result_row(sweep: Sweep, cell: Cell) -> dict:
 
 
 def _metric_name(best, records, metric: str) -> str:
-    """`metric`, or `rank_<metric>` for runs scored by rank classification (a verbalizer, EVAL_SCORING='rank')."""
+    """`metric`, or `rank_<metric>` for runs scored by rank classification (a verbalizer, EVAL_SCORING='rank'),
+    or for a mixture run (one prompt per task, or multi-task prompts) the run's own `<task>/<metric>` it
+    picked its best step by."""
     seen = {best.get("metric")} if best else set()
     seen.update(k for r in records if r.get("split") == "eval" for k in r)
-    return metric if metric in seen or f"rank_{metric}" not in seen else f"rank_{metric}"
+    for name in (metric, f"rank_{metric}"):
+        if name in seen:
+            return name
+    chosen = (best or {}).get("metric") or ""
+    return chosen if chosen.rpartition("/")[2] in (metric, f"rank_{metric}") else metric
 
 
 def _last_eval(records: list[dict], metric: str):

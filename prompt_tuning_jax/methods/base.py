@@ -7,6 +7,8 @@ A method is a `Method` subclass registered under its name. It declares
 - `check(spec)`: its checks of the settings (`experiments.PromptSpec`), and `settings`, the
   PromptSpec fields only it reads (set with another method, they are refused);
 - `add_variables(model, spec)`: variables it adds to the frozen model (LoRA factors);
+- `prompt_module(spec, model, init, num_tasks)`: a module that makes each row's prompt from its task
+  (multi-task prompts), or None: the soft prompt of `prompts.PromptedModel`;
 - `trainable(prompted)`: the nnx filter of what trains (gradients, optimizer state, checkpoints);
 - `regularizer(spec, model, tokenizer)`: an extra loss term on what trains, or None;
 - `export(model_dir, state, trainable, base_model)`: what it writes at the end of a run beyond the
@@ -58,6 +60,12 @@ class Method:
 
     def add_variables(self, model, spec) -> None:
         """Adds this method's variables to the frozen `model` (in place), before the prompt wraps it."""
+
+    def prompt_module(self, spec, model, init, num_tasks: int):
+        """The nnx module that makes each row's prompt, task_index [B] -> [B, P', H], holding `Trainable`
+        variables, in place of PromptedModel's own `soft_prompt`; None (the default) keeps the soft prompt.
+        `init` is PROMPT_INIT's `init(rng, shape)`, `num_tasks` the number of tasks K (METHOD 'multitask')."""
+        return None
 
     def trainable(self, prompted) -> nnx.filterlib.Filter:
         """The nnx filter of what trains in `prompted` (a PromptedModel); by default its head only."""

@@ -6,7 +6,10 @@
     out.prediction  # right after the prompt: next-token logits [B, V], or class logits [B, C] with a head
 
 The prompt lives in a `Prompt` variable ([P, H], or [K, P, H] for K task prompts
-in multi-task batches); the model's weights stay `nnx.Param` and are never
+in multi-task batches), unless a method gives a prompt module (`prompt_module`,
+`methods.Method.prompt_module`, e.g. METHOD 'multitask'): that module then makes
+each row's prompt [B, P', H] from its task_index, and `soft_prompt` is empty
+([0, H], not trained). The model's weights stay `nnx.Param` and are never
 differentiated. Under `jax.jit`, outputs you do not use are not computed. The
 wrapper uses the model only through its seam (`embed`, `activations`, `logits`,
 `embedding_table`): it never asks which family it wraps.
@@ -65,7 +68,7 @@ def _resolve_init(init, model) -> Callable:
 class PromptedModel(nnx.Module):
     def __init__(self, model, length: int, init=None, *, placement: str = "prefix", head=None,
                  num_labels: int | None = None, regression: bool = False, num_tasks: int = 1,
-                 before_eos: bool = False, seed: int = 0):
+                 before_eos: bool = False, seed: int = 0, prompt_module: nnx.Module | None = None):
         if placement not in combine.PLACEMENTS:
             raise ValueError(f"unknown prompt placement {placement!r}; use one of {combine.PLACEMENTS}")
         if not isinstance(length, int) or length < 0:
@@ -74,6 +77,9 @@ class PromptedModel(nnx.Module):
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         self.model = model
         self.placement, self.before_eos, self.num_tasks = placement, before_eos, num_tasks
+        self.prompt_module = prompt_module  # task_index [B] -> [B, P', H]; None: the soft prompt below
+        if prompt_module is not None:
+            length, init = 0, None
         hidden = model.config.hidden_size
         rngs = nnx.Rngs(seed)
         shape = (length, hidden)
@@ -103,7 +109,7 @@ class PromptedModel(nnx.Module):
 
     @property
     def prompt(self) -> jax.Array:
-        """The prompt array: [P, H], or [K, P, H] with several task prompts."""
+        """The prompt array: [P, H], or [K, P, H] with several task prompts ([0, H] with a prompt module)."""
         return self.soft_prompt[...]
 
     @property
@@ -111,12 +117,16 @@ class PromptedModel(nnx.Module):
         return self.model.config
 
     def _prompt_for(self, task_index, batch: int) -> jax.Array:
-        prompt = self.soft_prompt[...]
-        if self.num_tasks == 1:
-            return prompt
+        """The prompt to insert: [P, H] (one soft prompt), or one per row [B, P', H] by task_index [B]."""
+        if self.prompt_module is None and self.num_tasks == 1:
+            return self.soft_prompt[...]
         if task_index is None:
-            raise ValueError(f"this model has {self.num_tasks} task prompts: pass task_index [B]")
-        return jnp.take(prompt, jnp.asarray(task_index), axis=0)  # [B, P, H]
+            if self.num_tasks > 1:
+                raise ValueError(f"this model has {self.num_tasks} task prompts: pass task_index [B]")
+            task_index = jnp.zeros((batch,), jnp.int32)  # one task
+        if self.prompt_module is not None:
+            return self.prompt_module(jnp.asarray(task_index))  # [B, P', H]
+        return jnp.take(self.soft_prompt[...], jnp.asarray(task_index), axis=0)  # [B, P, H]
 
     def embed_inputs(self, input_ids, attention_mask=None, task_index=None):
         """Embeds [B, T] ids and inserts the prompt -> (embeds [B, T+P, H], mask [B, T+P])."""
@@ -142,7 +152,8 @@ class PromptedModel(nnx.Module):
         return self.model.target_logits(embeds, mask, target_ids, target_mask, dropout_rng=dropout_rng)
 
     def _shares_prefix(self, dropout_rng) -> bool:
-        return (self.placement == "prefix" and self.num_tasks == 1 and self.soft_prompt.shape[-2] > 0
+        return (self.placement == "prefix" and self.num_tasks == 1 and self.prompt_module is None
+                and self.soft_prompt.shape[-2] > 0
                 and hasattr(self.model, "shared_prefix_target_logits")
                 and (dropout_rng is None or not self.model.config.has_dropout))
 
@@ -178,6 +189,8 @@ def with_prompt(model, length: int, init=None, placement: str = "prefix", head=N
     placement: 'prefix' (Lester, PEFT) or 'suffix' (right after each example's last real token).
     head: None (LM head; verbalizers / rank classification), 'linear' (with
     num_labels=...), or an nnx.Module applied to the hidden state [B, H].
-    Other keyword arguments: num_labels, regression, num_tasks, before_eos, seed.
+    Other keyword arguments: num_labels, regression, num_tasks, before_eos, seed, and prompt_module
+    (an nnx module task_index [B] -> prompts [B, P', H] that replaces the soft prompt; `length` and
+    `init` are then unused).
     """
     return PromptedModel(model, length, init, placement=placement, head=head, **kwargs)

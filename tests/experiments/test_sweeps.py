@@ -85,7 +85,7 @@ def test_a_sweep_runs_every_cell_writes_results_table_plots_and_resumes(tmp_path
     assert [r["value"] for r in again] == [r["value"] for r in rows]
 
 
-@pytest.mark.parametrize("name", ["demo", "seed_table", "baselines"])
+@pytest.mark.parametrize("name", ["demo", "seed_table", "baselines", "extended_demo"])
 def test_every_cell_of_the_shipped_sweeps_is_a_valid_run(name, tmp_path):
     """Each cell's command line parses as the train command would parse it (files found, macros used)."""
     import gin
@@ -95,9 +95,18 @@ def test_every_cell_of_the_shipped_sweeps_is_a_valid_run(name, tmp_path):
     cli.parse_gin([f"sweeps/{name}.gin"], [f"SWEEP_DIR='{tmp_path}'"])
     sweep = cli.configured(Sweep)()
     cells = sweep.cells()
-    assert len(cells) >= (12 if name != "baselines" else 18)
+    assert len(cells) >= {"baselines": 18, "extended_demo": 6}.get(name, 12)
     for cell in cells:
         rest, bindings = cli.split_gin_flags(sweep.command(cell)[3:])
         cli.parse_gin([arg.split("=", 1)[1] for arg in rest], bindings)
         assert gin.query_parameter("%PROMPT_LENGTH") == cell.prompt_length
     gin.clear_config()
+
+
+def test_a_mixture_run_is_read_by_its_own_task_metric():
+    """A mixture (or multi-task prompt) run records `<task>/<metric>`; the sweep reads the one it chose."""
+    best = {"metric": "demo_sentiment/rank_accuracy", "value": 99.0}
+    records = [{"split": "eval", "step": 10, "demo_sentiment/rank_accuracy": 99.0}]
+    assert sweeps._metric_name(best, records, "accuracy") == "demo_sentiment/rank_accuracy"
+    assert sweeps._metric_name({"metric": "demo_sentiment/f1"}, [], "accuracy") == "accuracy"
+    assert sweeps._metric_name({"metric": "rank_accuracy"}, [], "accuracy") == "rank_accuracy"
