@@ -274,3 +274,22 @@ def test_a_mixture_trains_resumes_exactly_and_evaluates_from_its_model_dir(tiny_
     plain = evaluate(model, PromptSpec(length=P + P_T), data, scoring="rank",  # METHOD 'prompt', task 1's .npy
                      checkpoint_path=str(tmp_path / "whole" / "prompts" / "task_1.npy"))
     assert plain["rank_accuracy"] == ours["rank_accuracy"]
+
+
+@pytest.mark.parametrize("combine", ["concat", "project"])
+def test_decoding_equals_decoding_with_the_combined_task_prompts(tiny_gpt2_dir, rng, combine):
+    """Greedy generation through the multi-task module gives the tokens of a plain K-prompt model whose task
+    prompts are the combined ones (`all_tasks`): the cached decode steps see the same prefix."""
+    from prompt_tuning_jax.decoding import generate
+
+    spec, prompted = _built(tiny_gpt2_dir, combine)
+    parts = jax.tree.map(lambda x: x + 0.1 * rng.normal(size=x.shape).astype(np.float32),
+                         nnx.state(prompted.prompt_module))
+    nnx.update(prompted.prompt_module, parts)  # tasks that differ
+    combined = np.asarray(prompted.prompt_module.all_tasks())
+    plain = ptj.with_prompt(ptj.from_pretrained(tiny_gpt2_dir), combined.shape[1], combined, num_tasks=K)
+    ids, mask = padded_batch(rng, 20, [5, 3, 6, 4, 2, 6], 6)
+    tasks = np.array([0, 1, 2, 2, 1, 0])
+    ours = generate(prompted, ids, mask, max_new_tokens=5, eos_id=0, task_index=tasks)
+    theirs = generate(plain, ids, mask, max_new_tokens=5, eos_id=0, task_index=tasks)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
