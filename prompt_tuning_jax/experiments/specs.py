@@ -129,7 +129,7 @@ class ModelSpec:
 
         name = self.tokenizer
         if not name and t5x.is_t5x_checkpoint(self.path):
-            vocab = t5x.config_from_checkpoint(self.path, self.config_overrides).vocab_size
+            vocab = t5x.T5XCheckpoint(self.path).shape_of(t5x.EMBEDDING_VARIABLE)[0]  # [V, d]: the vocabulary
             name, why = t5x.default_tokenizer(self.path, vocab)
             if name is None:
                 raise ValueError(f"{self.path} is a T5X checkpoint, which holds no tokenizer, and {why}: set "

@@ -259,8 +259,8 @@ def pretrained_config(name_or_path: str | os.PathLike, revision: str | None = No
     `config_overrides`: config fields that replace the checkpoint's ({'dropout_rate': 0.0}).
     """
     name = os.fspath(name_or_path)
-    if t5x.released_hub_id(name):  # a released T5X checkpoint by its gs:// name: its known config, no reads
-        return with_overrides(base.preset(t5x.released_hub_id(name)), config_overrides)
+    if released := t5x.released_hub_id(name):  # a released T5X checkpoint by its gs:// name: its known config
+        return with_overrides(base.preset(released), config_overrides)
     if t5x.is_t5x_checkpoint(name):
         return t5x.config_from_checkpoint(name, config_overrides)
     if files.is_local(name) and not _looks_local(name) and not os.path.exists(os.path.expanduser(name)):
