@@ -90,12 +90,10 @@ def _generate(graphdef, state, input_ids, mask, task_index, rng, opts: _Options)
     if opts.num_beams > 1:  # every beam is a row: [B*K, ...]
         repeat = lambda x: None if x is None else jnp.repeat(x, opts.num_beams, axis=0)
         input_ids, mask, task_index = repeat(input_ids), repeat(mask), repeat(task_index)
-    if hasattr(prompted, "embed_inputs"):
-        embeds, mask = prompted.embed_inputs(input_ids, mask, task_index)
-        model = prompted.model
+    if hasattr(prompted, "embed_inputs"):  # a PromptedModel
+        logits, cache, step = prompted.start_decode(input_ids, mask, task_index, opts.max_new_tokens)
     else:
-        model, embeds = prompted, prompted.embed(input_ids)
-    logits, cache, step = model.start_decode(embeds, mask, opts.max_new_tokens)
+        logits, cache, step = prompted.start_decode(prompted.embed(input_ids), mask, opts.max_new_tokens)
     if opts.method == "beam":
         return _beam_search(logits, cache, step, opts)
     return _sample_loop(logits, cache, step, rng, opts)

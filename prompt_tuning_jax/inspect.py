@@ -115,7 +115,7 @@ def run(args) -> None:
     path = released_prompt(args.prompt) if args.prompt in RELEASED else args.prompt
     if not files.exists(path):
         raise FileNotFoundError(f"prompt file {path} does not exist (give a .npy or one of {sorted(RELEASED)})")
-    prompts = load_prompt(path)
+    prompts = load_prompt(path, layers=True)  # [P, H], or [K, P, H] task / [L, P, H] layer prompts: each one
     prompts = prompts[None] if prompts.ndim == 2 else prompts
     table = np.asarray(from_pretrained(args.model).embedding_table, np.float32)
     tokenizer = load_tokenizer(args.tokenizer or args.model)

@@ -167,6 +167,9 @@ class PromptSpec:
     'factorized', None: P); multitask_shared_features (H_s of 'concat_features' and 'project');
     multitask_factors ('factorized': each mixture task's [first, second] factor, e.g. [language, task]);
     multitask_task (evaluate or infer task k of a K-task run: every row gets task k's prompt; with num_tasks=K).
+    per_layer_combine: METHOD 'per_layer' (the original's extended per-layer prompts, `methods/per_layer.py`),
+    a [P, H] prompt at the input of every block, [L, P, H]: 'replace' (the block's input at the prompt's
+    positions) or 'add' (added to it).
     """
 
     length: int = 100
@@ -196,6 +199,7 @@ class PromptSpec:
     multitask_shared_features: int | None = None
     multitask_factors: Sequence[Sequence[int]] | None = None
     multitask_task: int | None = None
+    per_layer_combine: str = "replace"
 
     def __post_init__(self):
         check_count(self.length, "PROMPT_LENGTH")
@@ -294,7 +298,7 @@ class PromptSpec:
         return with_prompt(model, self.length if self.has_prompt else 0, init, placement=self.placement,
                            head=self.head, num_labels=self.num_labels, regression=self.regression,
                            num_tasks=self.num_tasks, before_eos=self.before_eos, seed=self.seed,
-                           prompt_module=module)
+                           prompt_module=module, **self.method_impl.prompt_options(self))
 
     def trainable(self, prompted):
         """The nnx filter of the variables METHOD trains in `prompted` (`methods.Method.trainable`)."""

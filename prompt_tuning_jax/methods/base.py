@@ -9,6 +9,8 @@ A method is a `Method` subclass registered under its name. It declares
 - `add_variables(model, spec)`: variables it adds to the frozen model (LoRA factors);
 - `prompt_module(spec, model, init, num_tasks)`: a module that makes each row's prompt from its task
   (multi-task prompts), or None: the soft prompt of `prompts.PromptedModel`;
+- `prompt_options(spec)`: keyword arguments it adds to `prompts.with_prompt` (METHOD 'per_layer':
+  `layer_combine`, a prompt at every block);
 - `trainable(prompted)`: the nnx filter of what trains (gradients, optimizer state, checkpoints);
 - `regularizer(spec, model, tokenizer)`: an extra loss term on what trains, or None;
 - `export(model_dir, state, trainable, base_model)`: what it writes at the end of a run beyond the
@@ -66,6 +68,10 @@ class Method:
         variables, in place of PromptedModel's own `soft_prompt`; None (the default) keeps the soft prompt.
         `init` is PROMPT_INIT's `init(rng, shape)`, `num_tasks` the number of tasks K (METHOD 'multitask')."""
         return None
+
+    def prompt_options(self, spec) -> dict:
+        """Keyword arguments for `prompts.with_prompt` beyond the PromptSpec's own (none by default)."""
+        return {}
 
     def trainable(self, prompted) -> nnx.filterlib.Filter:
         """The nnx filter of what trains in `prompted` (a PromptedModel); by default its head only."""

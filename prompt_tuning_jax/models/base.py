@@ -24,6 +24,11 @@ Dropout is explicit: the two methods training uses, `activations` and
 The rates are the checkpoint's (config.json), or one `dropout_rate` for all
 (`from_pretrained(..., dropout_rate=)`, T5X's DROPOUT_RATE); a rate of 0 draws
 no random numbers at all. A family without dropout accepts and ignores the key.
+
+Layer prompts (METHOD 'per_layer'): `activations`, `target_logits` and `start_decode` may be given
+`prompt_site` (a `common.PromptSite`: where the prompt sits, one prompt per block); a family that
+supports them puts `common.block_input(site, i, x, slots)` before each block i of the stack the
+prompt enters (GPT-2's blocks, T5's encoder). Without the keyword nothing changes.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ class ModelConfig(Protocol):
     model_type: str       # the Hugging Face `model_type`; a label, never branched on outside models/
     hidden_size: int      # H, the width of embeddings and of the prompt
     eos_token_id: int
+    prompt_blocks: int    # the blocks a prompt at the input passes through (decoder-only: all; T5: the encoder's)
 
     @classmethod
     def from_hf(cls, config: dict[str, Any], tensor_names: Collection[str] | None = None) -> "ModelConfig":

@@ -28,7 +28,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 # Added to attention scores of masked keys. Finite (not -inf) so that a query
 # row whose keys are all masked (a pad position) gives a uniform softmax, not NaN.
@@ -330,3 +330,48 @@ def remove(x: jax.Array, source: jax.Array) -> jax.Array:
     """Gathers per-token values back to the input order: x [B, T+P, ...], source [B, T] -> [B, T, ...]."""
     idx = source.reshape(*source.shape, *([1] * (x.ndim - 2)))
     return jnp.take_along_axis(x, idx, axis=1)
+
+
+# --- where a soft prompt sits, for what the blocks do with it ----------------------------------
+@struct.dataclass
+class PromptSite:
+    """Where the soft prompt sits in a model's input, and a prompt for the input of every block.
+
+    A model given one (`prompt_site=` of `activations`, `target_logits`, `start_decode`) finds
+    the prompt's positions itself (`slots`), from the real-token numbering that padding, GPT-2's
+    left-aligned prefill and appended targets all keep: row b's prompt vector p is the real
+    token numbered start[b] + p. Block i > 0 then gets `layers[i]` at those positions
+    (`block_input`; block 0's prompt is the one inserted into the embeddings), combined by
+    'replace' or 'add' (METHOD 'per_layer'). Positions a decoder runs later against its cache
+    (generated tokens, targets) are never prompt positions, so no step re-adds a prompt.
+    """
+
+    start: jax.Array                      # [B] real-token number of each row's first prompt vector
+    layers: jax.Array                     # [L, P, H] one prompt per block (layers[0]: the inserted one)
+    combine: str = struct.field(pytree_node=False, default="replace")  # 'replace' | 'add'
+
+    def slots(self, mask: jax.Array) -> jax.Array:
+        """[B, S] mask of a sequence in time order -> [B, S] the prompt row p at each prompt position, else -1."""
+        p = self.layers.shape[1]
+        slot = positions_from_mask(mask) - self.start[:, None]
+        return jnp.where((mask > 0) & (slot >= 0) & (slot < p), slot, -1)
+
+
+def block_input(site: PromptSite | None, i: int, x: jax.Array, slots: jax.Array | None) -> jax.Array:
+    """The input of block i: x [B, S, H] with `site.layers[i]` put at the prompt's `slots` [B, S] (from
+    `PromptSite.slots`) by the site's combine; x itself for block 0, or without a site."""
+    if site is None or i == 0:
+        return x
+    return combine_at(x, site.layers[i], slots, site.combine)
+
+
+def combine_at(x: jax.Array, prompt: jax.Array, slots: jax.Array, combine: str) -> jax.Array:
+    """x [B, S, H] with prompt row slots[b, s] replacing ('replace') or added to ('add') x[b, s] wherever
+    slots [B, S] >= 0. prompt: [P, H], or [B, P, H] (one per row)."""
+    index = jnp.maximum(slots, 0)
+    if prompt.ndim == 2:
+        rows = jnp.take(prompt, index, axis=0)  # [B, S, H]
+    else:
+        rows = jnp.take_along_axis(prompt, index[..., None], axis=1)
+    rows = rows.astype(x.dtype)
+    return jnp.where((slots >= 0)[..., None], rows if combine == "replace" else x + rows, x)

@@ -79,6 +79,11 @@ class GPT2Config:
         return self.n_embd
 
     @property
+    def prompt_blocks(self) -> int:
+        """The blocks a prompt at the input passes through (METHOD 'per_layer' gives each one)."""
+        return self.n_layer
+
+    @property
     def inner_size(self) -> int:
         return self.n_inner or 4 * self.n_embd
 
@@ -273,13 +278,15 @@ class GPT2(nnx.Module):
         return self.wte(input_ids)
 
     def forward_embeddings(self, inputs_embeds: jax.Array, attention_mask: jax.Array | None = None,
-                           position_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
+                           position_ids: jax.Array | None = None, dropout_rng: jax.Array | None = None,
+                           prompt_site: common.PromptSite | None = None) -> jax.Array:
         """Adds positions and runs the blocks and final norm: [B, T, H] -> hidden [B, T, H].
 
         `position_ids` [B|1, T] default to cumsum(attention_mask) - 1, clipped at 0
         (0..T-1 without a mask): pads are not counted, so left and right padding
         give the same numbers at real tokens. dropout_rng: None (no dropout), a key,
         or one key per row [B] (see `common.row_keys`); draws nothing when every rate is 0.
+        prompt_site: a prompt at the input of every block (`common.PromptSite`), or None.
         """
         b, t = inputs_embeds.shape[:2]
         if t > self.config.n_positions:
@@ -291,8 +298,10 @@ class GPT2(nnx.Module):
         x = inputs_embeds.astype(self.dtype) + self.wpe(position_ids)
         x = common.dropout(x, self.config.embd_pdrop, common.fold(keys, 0))
         bias = common.causal_bias(t, t) + common.padding_bias(attention_mask, t)
+        slots = None if prompt_site is None else prompt_site.slots(attention_mask)
         for i, block in enumerate(self.h):
             block_keys = common.fold(keys, i + 1)
+            x = common.block_input(prompt_site, i, x, slots)
             x = common.run_block(block, self.remat, x, bias, block_keys)
         return self.ln_f(x)
 
@@ -302,11 +311,13 @@ class GPT2(nnx.Module):
             return common.dense(hidden.astype(self.dtype), self.wte.weight[...], out_in=True, out_dtype=jnp.float32)
 
     def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
-                    dropout_rng=None):
+                    dropout_rng=None, prompt_site=None):
         """[B, S, H] embeddings -> (hidden [B, S, H], mask [B, S]): the prediction follows the last real input."""
-        return self.forward_embeddings(inputs_embeds, attention_mask, dropout_rng=dropout_rng), attention_mask
+        hidden = self.forward_embeddings(inputs_embeds, attention_mask, dropout_rng=dropout_rng, prompt_site=prompt_site)
+        return hidden, attention_mask
 
-    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None):
+    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None,
+                      prompt_site=None):
         """Targets [R*B, L] teacher-forced right after each input's last real position -> logits [R*B, L, V].
 
         The target block counts as real whatever `target_mask` says: padded target
@@ -319,12 +330,13 @@ class GPT2(nnx.Module):
         b, (rb, length) = inputs_embeds.shape[0], target_ids.shape
         keys = common.repeat_keys(common.row_keys(dropout_rng, b) if self.config.has_dropout else None, rb // b)
         if rb > b and keys is None:
-            return self._cached_target_logits(inputs_embeds, attention_mask, target_ids)
+            return self._cached_target_logits(inputs_embeds, attention_mask, target_ids, prompt_site)
         rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
         at = rep(common.last_real(attention_mask) + 1)  # [R*B] where the first target token goes
         # The last target token predicts nothing, so it is never run.
         full, full_mask, _ = common.insert(rep(inputs_embeds), rep(attention_mask), self.embed(target_ids[:, :-1]), at)
-        hidden = self.forward_embeddings(full, full_mask, dropout_rng=keys)  # [R*B, S+L-1, H]
+        site = None if prompt_site is None else prompt_site.replace(start=rep(prompt_site.start))
+        hidden = self.forward_embeddings(full, full_mask, dropout_rng=keys, prompt_site=site)  # [R*B, S+L-1, H]
         # Target token l sits at at+l and is predicted from position at+l-1.
         pos = at[:, None] - 1 + jnp.arange(length)[None, :]
         return self.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
@@ -359,7 +371,7 @@ class GPT2(nnx.Module):
         pos = at[:, None] + jnp.arange(length)[None, :]  # in `hidden`, shifted by the prefix's row
         return self.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
 
-    def start_decode(self, inputs_embeds, attention_mask, max_new_tokens: int):
+    def start_decode(self, inputs_embeds, attention_mask, max_new_tokens: int, prompt_site=None):
         """Prefill of [B, S, H] embeddings -> (next-token logits [B, V], cache, step).
 
         The sequence is left-aligned first (pads, then real tokens, one gather) and
@@ -371,7 +383,8 @@ class GPT2(nnx.Module):
         if s + max_new_tokens > self.config.n_positions:
             raise ValueError(f"{s} input positions + max_new_tokens {max_new_tokens} exceed GPT-2's n_positions "
                              f"{self.config.n_positions}")
-        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, max_new_tokens)
+        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, max_new_tokens,
+                                                                 prompt_site)
 
         def step(cache, tokens, t):
             h, cache = self.forward_cached(self.embed(tokens[:, None]), cache_mask, (next_position + t)[:, None],
@@ -380,7 +393,7 @@ class GPT2(nnx.Module):
 
         return self.logits(hidden[:, -1]), cache, step
 
-    def _prefill(self, inputs_embeds, attention_mask, extra: int):
+    def _prefill(self, inputs_embeds, attention_mask, extra: int, prompt_site=None):
         """[B, S, H] embeddings into a cache of S + `extra` slots.
 
         -> (hidden [B, S, H], cache, cache_mask [B, S + extra], next_position [B]). The
@@ -395,10 +408,10 @@ class GPT2(nnx.Module):
         positions = common.positions_from_mask(mask)  # as forward_embeddings numbers them
         cache_mask = jnp.concatenate([mask, jnp.ones((b, extra), mask.dtype)], axis=1)  # [B, S + extra]
         cache = self.init_cache(b, mask.shape[1] + extra)
-        hidden, cache = self.forward_cached(embeds, cache_mask, positions, cache, 0)
+        hidden, cache = self.forward_cached(embeds, cache_mask, positions, cache, 0, prompt_site)
         return hidden, cache, cache_mask, positions[:, -1] + 1
 
-    def _cached_target_logits(self, inputs_embeds, attention_mask, target_ids):
+    def _cached_target_logits(self, inputs_embeds, attention_mask, target_ids, prompt_site=None):
         """R targets per input [R*B, L] scored from one run of the input -> logits [R*B, L, V].
 
         The input's keys and values are computed once and copied R times; each copy
@@ -407,7 +420,7 @@ class GPT2(nnx.Module):
         """
         (b, s, _), (rb, length) = inputs_embeds.shape, target_ids.shape
         rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
-        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, length - 1)
+        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, length - 1, prompt_site)
         positions = rep(next_position)[:, None] + jnp.arange(length - 1)[None, :]  # [R*B, L-1]
         # The last target token predicts nothing, so it is never run.
         targets, _ = self.forward_cached(self.embed(target_ids[:, :-1]), rep(cache_mask), positions,
@@ -432,7 +445,7 @@ class GPT2(nnx.Module):
         return tuple((jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.h)
 
     def forward_cached(self, inputs_embeds: jax.Array, cache_mask: jax.Array, position_ids: jax.Array, cache,
-                       index: int | jax.Array):
+                       index: int | jax.Array, prompt_site: common.PromptSite | None = None):
         """Runs T new positions against the cache: -> (hidden [B, T, H], updated cache).
 
         inputs_embeds [B, T, H] sit in cache slots index..index+T-1 (`index` may be
@@ -440,12 +453,16 @@ class GPT2(nnx.Module):
         the current position are hidden by the causal mask, whatever their mask);
         position_ids [B, T] are the positions added to the embeddings. With M = T,
         index 0 and the same positions this equals `forward_embeddings`. Never drops out.
+        prompt_site (a prefill only, index 0): the prompt at every block's input; the steps after it run
+        positions that are not the prompt's, so they never take one.
         """
         t, m = inputs_embeds.shape[1], cache_mask.shape[1]
         x = inputs_embeds.astype(self.dtype) + self.wpe(position_ids)
         bias = common.causal_bias(t, m, offset=index) + common.padding_bias(cache_mask, m)
         new_cache = []
-        for block, layer_cache in zip(self.h, cache):
+        slots = None if prompt_site is None else prompt_site.slots(cache_mask[:, :t])
+        for i, (block, layer_cache) in enumerate(zip(self.h, cache)):
+            x = common.block_input(prompt_site, i, x, slots)
             x, layer_cache = block.cached(x, bias, layer_cache, index)
             new_cache.append(layer_cache)
         return self.ln_f(x), tuple(new_cache)

@@ -93,6 +93,11 @@ class T5Config:
         return self.d_model
 
     @property
+    def prompt_blocks(self) -> int:
+        """The blocks a prompt at the input passes through: the encoder's (METHOD 'per_layer')."""
+        return self.num_layers
+
+    @property
     def n_decoder_layers(self) -> int:
         return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
 
@@ -382,11 +387,11 @@ class Stack(nnx.Module):
         self.max_distance = config.relative_attention_max_distance
         self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, attention_mask=None, encoder_hidden=None, encoder_mask=None, keys=None):
+    def __call__(self, x, attention_mask=None, encoder_hidden=None, encoder_mask=None, keys=None, prompt_site=None):
         """x [B, T, d] embeddings -> [B, T, d]; decoder: causal + cross-attention to encoder_hidden [B, S, d].
 
         keys: per-row dropout keys [B] or None (dropout on the embeddings, in the blocks,
-        and after the final layer norm).
+        and after the final layer norm). prompt_site (the encoder): a prompt at every block's input.
         """
         t = x.shape[1]
         x = common.dropout(x, self.dropout_rate, common.fold(keys, 0))
@@ -397,8 +402,10 @@ class Stack(nnx.Module):
         if self.is_decoder:
             bias = bias + common.causal_bias(t, t)
             cross_bias = common.padding_bias(encoder_mask, encoder_hidden.shape[1])
+        slots = None if prompt_site is None else prompt_site.slots(attention_mask)
         for i, block in enumerate(self.block):
             block_keys = common.fold(keys, i + 2)
+            x = common.block_input(prompt_site, i, x, slots)
             x = common.run_block(block, self.remat, x, bias, encoder_hidden, cross_bias, block_keys)
         return common.dropout(self.final_layer_norm(x), self.dropout_rate, common.fold(keys, 1))
 
@@ -452,10 +459,11 @@ class T5(nnx.Module):
         return common.row_keys(dropout_rng, batch) if self.config.has_dropout else None
 
     def encode(self, inputs_embeds: jax.Array, attention_mask: jax.Array | None = None,
-               dropout_rng: jax.Array | None = None) -> jax.Array:
-        """Encoder on embeddings: [B, S, d] -> [B, S, d]. dropout_rng: None, a key, or row keys [B]."""
+               dropout_rng: jax.Array | None = None, prompt_site: common.PromptSite | None = None) -> jax.Array:
+        """Encoder on embeddings: [B, S, d] -> [B, S, d]. dropout_rng: None, a key, or row keys [B].
+        prompt_site: a prompt at the input of every encoder block (`common.PromptSite`), or None."""
         keys = self._row_keys(dropout_rng, inputs_embeds.shape[0])
-        return self.encoder(inputs_embeds.astype(self.dtype), attention_mask, keys=keys)
+        return self.encoder(inputs_embeds.astype(self.dtype), attention_mask, keys=keys, prompt_site=prompt_site)
 
     def decode(self, decoder_input_ids: jax.Array, encoder_hidden: jax.Array, encoder_mask: jax.Array | None = None,
                decoder_attention_mask: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
@@ -473,7 +481,7 @@ class T5(nnx.Module):
             return common.dense(hidden.astype(self.dtype), w, out_in=True, out_dtype=jnp.float32)
 
     def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
-                    dropout_rng=None):
+                    dropout_rng=None, prompt_site=None):
         """Encoder on [B, S, d] embeddings, then the decoder -> (decoder hidden [B, T, d], mask [B, T]).
 
         decoder_input_ids [B, T] default to one start token: the prediction is the first output token.
@@ -483,14 +491,15 @@ class T5(nnx.Module):
         if decoder_input_ids is None:
             decoder_input_ids = jnp.full((b, 1), self.config.decoder_start_token_id, jnp.int32)
         keys = self._row_keys(dropout_rng, b)
-        encoded = self.encode(inputs_embeds, attention_mask, common.fold(keys, 0))
+        encoded = self.encode(inputs_embeds, attention_mask, common.fold(keys, 0), prompt_site)
         hidden = self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask,
                              common.fold(keys, 1))
         mask = (decoder_attention_mask if decoder_attention_mask is not None
                 else jnp.ones(decoder_input_ids.shape, jnp.int32))
         return hidden, mask
 
-    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None):
+    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None,
+                      prompt_site=None):
         """The encoder once per input [B, S, d], the decoder once per target [R*B, L] -> logits [R*B, L, V].
 
         Dropout keys as in `activations`; with R > 1, decoder copy r of row b folds in r.
@@ -498,16 +507,17 @@ class T5(nnx.Module):
         b, rb = inputs_embeds.shape[0], target_ids.shape[0]
         rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
         keys = self._row_keys(dropout_rng, b)
-        encoded = self.encode(inputs_embeds, attention_mask, common.fold(keys, 0))
+        encoded = self.encode(inputs_embeds, attention_mask, common.fold(keys, 0), prompt_site)
         start = jnp.full((rb, 1), self.config.decoder_start_token_id, target_ids.dtype)
         decoder_input_ids = jnp.concatenate([start, target_ids[:, :-1]], axis=1)  # shifted right
         decoder_keys = common.repeat_keys(common.fold(keys, 1), rb // b)
         return self.logits(self.decode(decoder_input_ids, rep(encoded), rep(attention_mask), target_mask,
                                        decoder_keys))
 
-    def start_decode(self, inputs_embeds, attention_mask, max_new_tokens: int):
+    def start_decode(self, inputs_embeds, attention_mask, max_new_tokens: int, prompt_site=None):
         """Encoder + first decoder step -> (logits [B, V], decoder self-attention cache, step)."""
-        cache = self.init_cache(self.encode(inputs_embeds, attention_mask), max_new_tokens + 1)
+        encoded = self.encode(inputs_embeds, attention_mask, prompt_site=prompt_site)
+        cache = self.init_cache(encoded, max_new_tokens + 1)
         cross = cache["cross"]
 
         def step(self_cache, tokens, t):  # generated token t sits at decoder position t + 1

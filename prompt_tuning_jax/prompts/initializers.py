@@ -227,25 +227,28 @@ def from_string(embeddings, tokenizer, text: str, initializer: Initializer | Non
 # --- given values ------------------------------------------------------------------------
 
 def from_array(array, source: str | None = None) -> Initializer:
-    """Exactly `array` ([P, H]); the requested shape must match it. The key is unused.
+    """Exactly `array` ([P, H]; [L, P, H] layer prompts); the requested shape must match it. The key is unused.
 
     Returns the NumPy array with its dtype kept (a float64 array stays float64:
     JAX would silently make it float32 without x64); cast it where you use it.
     `source` names where the array came from in shape errors.
     """
     array = np.array(array)  # a copy: later changes to the caller's array do not leak in
-    if array.ndim != 2:
-        raise ValueError(f"{source or 'the array'} has shape {array.shape}; a prompt is [P, H]")
+    if array.ndim not in (2, 3):
+        raise ValueError(f"{source or 'the array'} has shape {array.shape}; a prompt is [P, H] ([L, P, H]: one "
+                         "per layer)")
 
     def init(rng, shape):
         del rng
         prompt_io.check_prompt_shape(array.shape, tuple(shape), source)
         return array
 
+    init.array_shape = array.shape
     return init
 
 
 def from_npy(path: str | os.PathLike, variable: str | None = None) -> Initializer:
-    """The prompt saved in a `.npy` file ([P, H]), or `variable` of a T5X checkpoint directory (default
+    """The prompt saved in a `.npy` file ([P, H]; [L, P, H] layer prompts), or `variable` of a T5X checkpoint directory (default
     `target/encoder/prompt/prompt/prompt`), read now; see `from_array` (dtype kept, exact shape)."""
-    return from_array(prompt_io.load_prompt(path, variable=variable), source=f"prompt file {os.fspath(path)}")
+    array = prompt_io.load_prompt(path, variable=variable, layers=True)
+    return from_array(array, source=f"prompt file {os.fspath(path)}")

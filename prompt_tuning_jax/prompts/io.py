@@ -72,8 +72,9 @@ def save_prompt(path: str | os.PathLike, prompt) -> None:
 
 
 def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dtype=None,
-                variable: str | None = None) -> np.ndarray:
-    """Reads a `.npy` prompt: [P, H] (or [K, P, H] when `expected_shape` has 3 dims), values untouched.
+                variable: str | None = None, layers: bool = False) -> np.ndarray:
+    """Reads a `.npy` prompt: [P, H] (or [K, P, H] when `expected_shape` has 3 dims; [L, P, H] layer prompts
+    too with `layers`), values untouched.
 
     `path` may also be a T5X checkpoint directory (a prompt the original library trained): its
     `variable`, by default `target/encoder/prompt/prompt/prompt`.
@@ -92,9 +93,9 @@ def load_prompt(path: str | os.PathLike, expected_shape: tuple | None = None, dt
         array = _read_npy(path)
     if not isinstance(array, np.ndarray):  # an .npz archive
         raise ValueError(f"prompt file {path} is an .npz archive; save a single [P, H] array with save_prompt")
-    ndim = len(expected_shape) if expected_shape is not None else 2
-    if array.ndim != ndim:
-        want = "[P, H]" if ndim == 2 else f"{ndim}-D"
+    ndims = (len(expected_shape),) if expected_shape is not None else (2, 3) if layers else (2,)
+    if array.ndim not in ndims:
+        want = "[P, H] (or [L, P, H] layer prompts)" if len(ndims) == 2 else "[P, H]" if ndims == (2,) else f"{ndims[0]}-D"
         raise ValueError(f"prompt file {path} holds an array of shape {array.shape}; expected a {want} prompt")
     if expected_shape is not None:
         check_prompt_shape(array.shape, tuple(expected_shape), f"prompt file {path}")

@@ -9,7 +9,10 @@ The prompt lives in a `Prompt` variable ([P, H], or [K, P, H] for K task prompts
 in multi-task batches), unless a method gives a prompt module (`prompt_module`,
 `methods.Method.prompt_module`, e.g. METHOD 'multitask'): that module then makes
 each row's prompt [B, P', H] from its task_index, and `soft_prompt` is empty
-([0, H], not trained). The model's weights stay `nnx.Param` and are never
+([0, H], not trained). With `layer_combine` ('replace' or 'add', METHOD 'per_layer') the prompt holds
+one [P, H] prompt per block of the model ([L, P, H], L = `config.prompt_blocks`): the first is
+inserted as usual, and block i > 0 gets the i-th at the prompt's positions, replacing or added to
+its input there (`models.common.PromptSite`). The model's weights stay `nnx.Param` and are never
 differentiated. Under `jax.jit`, outputs you do not use are not computed. The
 wrapper uses the model only through its seam (`embed`, `activations`, `logits`,
 `embedding_table`): it never asks which family it wraps.
@@ -31,6 +34,7 @@ import numpy as np
 from flax import nnx, struct
 
 from prompt_tuning_jax.heads import ClassificationHead
+from prompt_tuning_jax.models.common import PromptSite
 from prompt_tuning_jax.prompts import combine
 from prompt_tuning_jax.variables import Trainable
 
@@ -65,10 +69,23 @@ def _resolve_init(init, model) -> Callable:
     return initializers.from_array(np.asarray(init))
 
 
+def _layer_values(init_fn, rngs, layers: int, shape) -> jax.Array:
+    """[L, P, H] layer prompts: an [L, P, H] array or file as given, else `init_fn` once per layer."""
+    given = getattr(init_fn, "array_shape", None)
+    if given is not None:  # a file or an array: all layers' prompts
+        if len(given) != 3:
+            raise ValueError(f"the prompt given has shape {tuple(given)}; layer prompts are one per block, "
+                             f"[L, P, H] = {(layers, *shape)}: give an [L, P, H] file (a per-layer run's "
+                             "prompt_<step>.npy), or another PROMPT_INIT")
+        return jnp.asarray(init_fn(None, (layers, *shape)), jnp.float32)
+    return jnp.stack([jnp.asarray(init_fn(rngs.params(), shape), jnp.float32) for _ in range(layers)])
+
+
 class PromptedModel(nnx.Module):
     def __init__(self, model, length: int, init=None, *, placement: str = "prefix", head=None,
                  num_labels: int | None = None, regression: bool = False, num_tasks: int = 1,
-                 before_eos: bool = False, seed: int = 0, prompt_module: nnx.Module | None = None):
+                 before_eos: bool = False, seed: int = 0, prompt_module: nnx.Module | None = None,
+                 layer_combine: str | None = None):
         if placement not in combine.PLACEMENTS:
             raise ValueError(f"unknown prompt placement {placement!r}; use one of {combine.PLACEMENTS}")
         if not isinstance(length, int) or length < 0:
@@ -78,6 +95,12 @@ class PromptedModel(nnx.Module):
         self.model = model
         self.placement, self.before_eos, self.num_tasks = placement, before_eos, num_tasks
         self.prompt_module = prompt_module  # task_index [B] -> [B, P', H]; None: the soft prompt below
+        self.layer_combine = layer_combine  # None: a prompt at the input only; else one per block
+        if layer_combine not in (None, "replace", "add"):
+            raise ValueError(f"layer_combine must be None, 'replace' or 'add', got {layer_combine!r}")
+        if layer_combine is not None and (num_tasks > 1 or prompt_module is not None):
+            raise ValueError(f"layer prompts are one prompt per block for one task; this run has {num_tasks} "
+                             "tasks: train one task, or use METHOD 'prompt' or 'multitask' for a mixture")
         if prompt_module is not None:
             length, init = 0, None
         hidden = model.config.hidden_size
@@ -92,13 +115,16 @@ class PromptedModel(nnx.Module):
             init_fn = _resolve_init(init, model)
         if length == 0:  # no prompt: a baseline that trains model weights or a head (`methods/`)
             value = jnp.zeros(((num_tasks,) if num_tasks > 1 else ()) + shape, jnp.float32)
+        elif layer_combine is not None:
+            value = _layer_values(init_fn, rngs, model.config.prompt_blocks, shape)
         elif init_fn is None:
             value = jnp.asarray(init, jnp.float32)
         elif num_tasks == 1:
             value = jnp.asarray(init_fn(rngs.params(), shape), jnp.float32)
         else:
             value = jnp.stack([jnp.asarray(init_fn(rngs.params(), shape), jnp.float32) for _ in range(num_tasks)])
-        self.soft_prompt = Prompt(value, axes=(("tasks",) if num_tasks > 1 else ()) + ("prompt", "embed"))
+        lead = ("tasks",) if num_tasks > 1 else ("layers",) if value.ndim == 3 else ()
+        self.soft_prompt = Prompt(value, axes=lead + ("prompt", "embed"))
         if head == "linear":
             if num_labels is None:
                 raise ValueError("head='linear' needs num_labels (>= 2, or 1 with regression=True)")
@@ -118,6 +144,8 @@ class PromptedModel(nnx.Module):
 
     def _prompt_for(self, task_index, batch: int) -> jax.Array:
         """The prompt to insert: [P, H] (one soft prompt), or one per row [B, P', H] by task_index [B]."""
+        if self.layer_combine is not None:
+            return self.soft_prompt[0]
         if self.prompt_module is None and self.num_tasks == 1:
             return self.soft_prompt[...]
         if task_index is None:
@@ -130,8 +158,13 @@ class PromptedModel(nnx.Module):
 
     def embed_inputs(self, input_ids, attention_mask=None, task_index=None):
         """Embeds [B, T] ids and inserts the prompt -> (embeds [B, T+P, H], mask [B, T+P])."""
-        embeds, mask, _ = self._combine(input_ids, attention_mask, task_index)
+        embeds, mask, _, _ = self._combine(input_ids, attention_mask, task_index)
         return embeds, mask
+
+    def start_decode(self, input_ids, attention_mask, task_index, max_new_tokens: int):
+        """The model's `start_decode` on the prompted inputs [B, T] -> (next-token logits [B, V], cache, step)."""
+        embeds, mask, _, site = self._combine(input_ids, attention_mask, task_index)
+        return self.model.start_decode(embeds, mask, max_new_tokens, **site)
 
     def target_logits(self, input_ids, attention_mask, target_ids, target_mask, task_index=None,
                       dropout_rng=None) -> jax.Array:
@@ -148,21 +181,29 @@ class PromptedModel(nnx.Module):
             embeds = self.model.embed(input_ids)
             return self.model.shared_prefix_target_logits(self.prompt.astype(embeds.dtype), embeds, attention_mask,
                                                           target_ids, target_mask)
-        embeds, mask = self.embed_inputs(input_ids, attention_mask, task_index)
-        return self.model.target_logits(embeds, mask, target_ids, target_mask, dropout_rng=dropout_rng)
+        embeds, mask, _, site = self._combine(input_ids, attention_mask, task_index)
+        return self.model.target_logits(embeds, mask, target_ids, target_mask, dropout_rng=dropout_rng, **site)
 
     def _shares_prefix(self, dropout_rng) -> bool:
         return (self.placement == "prefix" and self.num_tasks == 1 and self.prompt_module is None
+                and self.layer_combine is None
                 and self.soft_prompt.shape[-2] > 0
                 and hasattr(self.model, "shared_prefix_target_logits")
                 and (dropout_rng is None or not self.model.config.has_dropout))
 
     def _combine(self, input_ids, attention_mask, task_index):
+        """-> (embeds [B, T+P, H], mask [B, T+P], token positions [B, T], site): `site` holds the keyword
+        `prompt_site` (a `models.common.PromptSite`) for the model when there are layer prompts, else nothing."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         at = combine.insert_positions(attention_mask, self.placement, self.before_eos)
         prompt = self._prompt_for(task_index, input_ids.shape[0])
-        return combine.insert(self.model.embed(input_ids), attention_mask, prompt, at)
+        embeds, mask, positions = combine.insert(self.model.embed(input_ids), attention_mask, prompt, at)
+        site = {}
+        if self.layer_combine is not None:  # the prompt's first vector follows the real tokens before `at`
+            start = jnp.sum((attention_mask > 0) & (jnp.arange(input_ids.shape[1])[None] < at[:, None]), axis=1)
+            site = {"prompt_site": PromptSite(start, self.soft_prompt[...], self.layer_combine)}
+        return embeds, mask, positions, site
 
     def __call__(self, input_ids, attention_mask=None, *, decoder_input_ids=None, decoder_attention_mask=None,
                  task_index=None, dropout_rng=None) -> PromptOutput:
@@ -170,10 +211,10 @@ class PromptedModel(nnx.Module):
 
         dropout_rng: None (no dropout), one key per row [B], or a single key (training only).
         """
-        embeds, mask, positions = self._combine(input_ids, attention_mask, task_index)
+        embeds, mask, positions, site = self._combine(input_ids, attention_mask, task_index)
         hidden, read_mask = self.model.activations(embeds, mask, decoder_input_ids=decoder_input_ids,
                                                    decoder_attention_mask=decoder_attention_mask,
-                                                   dropout_rng=dropout_rng)
+                                                   dropout_rng=dropout_rng, **site)
         last = jnp.maximum(combine.last_real(read_mask), 0)
         h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, H]
         prediction = self.head(h_last) if self.head is not None else self.model.logits(h_last)
@@ -189,8 +230,9 @@ def with_prompt(model, length: int, init=None, placement: str = "prefix", head=N
     placement: 'prefix' (Lester, PEFT) or 'suffix' (right after each example's last real token).
     head: None (LM head; verbalizers / rank classification), 'linear' (with
     num_labels=...), or an nnx.Module applied to the hidden state [B, H].
-    Other keyword arguments: num_labels, regression, num_tasks, before_eos, seed, and prompt_module
+    Other keyword arguments: num_labels, regression, num_tasks, before_eos, seed, prompt_module
     (an nnx module task_index [B] -> prompts [B, P', H] that replaces the soft prompt; `length` and
-    `init` are then unused).
+    `init` are then unused), and layer_combine ('replace' or 'add': a [P, H] prompt per block of the
+    model, [L, P, H]; `init` then makes each layer's, or is an [L, P, H] array or file).
     """
     return PromptedModel(model, length, init, placement=placement, head=head, **kwargs)
