@@ -76,6 +76,21 @@ def test_t5_small_shaped_programs_compile_for_v5litepod_4(tmp_path):
     assert {d.device_kind for d in devices} == {"TPU v5 lite"}
 
 
+def test_per_layer_prompts_with_a_visibility_setting_compile_for_v5litepod_4():
+    """METHOD 'per_layer' ([L, P, H] prompts at every encoder block) under PROMPT_VISIBILITY: the same three
+    programs compile for the TPU, and evaluation holds the [L, P, H] prompt (replicated) as its trainable state."""
+    from prompt_tuning_jax.experiments import DataSpec, ModelSpec, PromptSpec, planning
+
+    prompt = PromptSpec(length=20, init="random_uniform", method="per_layer", per_layer_combine="add",
+                        visibility=["prompt->prompt"])
+    run = planning.Run("train", ModelSpec("google/t5-small-lm-adapt", dtype="bfloat16", dropout_rate=0.0), prompt,
+                       DataSpec(None, {"inputs": 64, "targets": 4}, batch_size=8))
+    spec = topologies.accelerator("v5litepod-4")
+    plan = planning.compile_run(run, topologies.target_devices(spec), spec.hbm_bytes, (2, 2))
+    assert plan.fits and list(plan.programs) == ["train_step", "eval_step", "decode"]
+    assert plan.programs["eval_step"].trainable == 8 * 20 * 512 * 4  # 8 encoder blocks x P x H, float32
+
+
 @pytest.mark.parametrize("vocab, batch, says, advice", [
     # 4.5B float32 parameters: 17.5 GiB of weights on a 16 GiB v5e chip; refused before compiling
     (1_100_000, 4, "the frozen weights alone take 17.5 GiB (so it was not compiled) but a chip has 16.0 GiB",

@@ -170,6 +170,10 @@ class PromptSpec:
     per_layer_combine: METHOD 'per_layer' (the original's extended per-layer prompts, `methods/per_layer.py`),
     a [P, H] prompt at the input of every block, [L, P, H]: 'replace' (the block's input at the prompt's
     positions) or 'add' (added to it).
+    visibility: PROMPT_VISIBILITY (the original's extended masks, `models/visibility.py`), which attention the
+    prompt gets beyond input->input and input->prompt: a list of 'prompt->prompt', 'prompt->prompt;causal',
+    'prompt->input' (e.g. [] : each prompt position sees only itself); None (the default): the model's own
+    (T5's encoder: everything; GPT-2: causal).
     """
 
     length: int = 100
@@ -200,6 +204,7 @@ class PromptSpec:
     multitask_factors: Sequence[Sequence[int]] | None = None
     multitask_task: int | None = None
     per_layer_combine: str = "replace"
+    visibility: Sequence[str] | None = None
 
     def __post_init__(self):
         check_count(self.length, "PROMPT_LENGTH")
@@ -213,6 +218,13 @@ class PromptSpec:
                              "(ptj.PromptSpec.head)")
         if self.init not in INIT_KINDS:
             raise ValueError(f"unknown prompt init {self.init!r} (ptj.PromptSpec.init); use one of {INIT_KINDS}")
+        if self.visibility is not None:
+            from prompt_tuning_jax.models import visibility
+
+            visibility.check(self.visibility)
+            if not self.has_prompt:
+                raise ValueError(f"PROMPT_VISIBILITY is set but METHOD {self.method!r} trains no prompt: drop it, or "
+                                 "use a prompt method")
 
     def initializer(self, model, tokenizer):
         from prompt_tuning_jax.prompts import initializers as inits
@@ -298,7 +310,7 @@ class PromptSpec:
         return with_prompt(model, self.length if self.has_prompt else 0, init, placement=self.placement,
                            head=self.head, num_labels=self.num_labels, regression=self.regression,
                            num_tasks=self.num_tasks, before_eos=self.before_eos, seed=self.seed,
-                           prompt_module=module, **self.method_impl.prompt_options(self))
+                           prompt_module=module, visibility=self.visibility, **self.method_impl.prompt_options(self))
 
     def trainable(self, prompted):
         """The nnx filter of the variables METHOD trains in `prompted` (`methods.Method.trainable`)."""

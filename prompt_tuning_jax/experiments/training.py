@@ -47,6 +47,7 @@ def train(model_dir: str, model: ModelSpec, prompt: PromptSpec, data: DataSpec, 
     tasks = data.tasks()
     if not tasks:
         raise ValueError("train() needs a task: set MIXTURE_OR_TASK_NAME")
+    prompt.method_impl.check_training(prompt)
     schedule = t5x_schedule(model, schedule)  # before MODEL_DIR is made: a TRAIN_STEPS <= N writes nothing
     if jax.process_index() == 0:
         try:

@@ -4,7 +4,7 @@ A method is a `Method` subclass registered under its name. It declares
 
 - its form: `name` alone, or `name:N` when `argument` names N (K blocks, rank R, ...);
 - `has_prompt` (a soft prompt trains) and `trains` (False: nothing trains, e.g. in-context learning);
-- `check(spec)`: its checks of the settings (`experiments.PromptSpec`), and `settings`, the
+- `check(spec)` and `check_training(spec)` (what only a training run refuses): its checks of the settings (`experiments.PromptSpec`), and `settings`, the
   PromptSpec fields only it reads (set with another method, they are refused);
 - `add_variables(model, spec)`: variables it adds to the frozen model (LoRA factors);
 - `prompt_module(spec, model, init, num_tasks)`: a module that makes each row's prompt from its task
@@ -59,6 +59,9 @@ class Method:
 
     def check(self, spec) -> None:
         """Raises ValueError for settings of `spec` (a PromptSpec) this method cannot run with."""
+
+    def check_training(self, spec) -> None:
+        """Raises ValueError for settings that evaluation takes but a training run must refuse."""
 
     def add_variables(self, model, spec) -> None:
         """Adds this method's variables to the frozen `model` (in place), before the prompt wraps it."""

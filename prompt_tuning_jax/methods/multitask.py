@@ -201,6 +201,11 @@ class MultiTask(Method):
             raise ValueError(f"MULTITASK_TASK={task} picks a task of a run with more tasks than num_tasks="
                              f"{spec.num_tasks}: set ptj.PromptSpec.num_tasks to the run's number of tasks K")
 
+    def check_training(self, spec) -> None:
+        if spec.multitask_task is not None:
+            raise ValueError(f"MULTITASK_TASK={spec.multitask_task} gives every row one task's prompt, for evaluating "
+                             "or inferring task k; a training run trains every task of its mixture: drop MULTITASK_TASK")
+
     def prompt_module(self, spec, model, init, num_tasks: int) -> MultiTaskPrompt:
         """The shared and per-task parts for `num_tasks` tasks, started from PROMPT_INIT (module docstring)."""
         from prompt_tuning_jax.prompts.prompt import _resolve_init

@@ -332,37 +332,59 @@ def remove(x: jax.Array, source: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx, axis=1)
 
 
-# --- where a soft prompt sits, for what the blocks do with it ----------------------------------
+# --- where a soft prompt sits, for what the blocks and attention do with it ---------------------
 @struct.dataclass
 class PromptSite:
-    """Where the soft prompt sits in a model's input, and a prompt for the input of every block.
+    """Where the soft prompt sits in a model's input: a prompt for every block, and who may see it.
 
     A model given one (`prompt_site=` of `activations`, `target_logits`, `start_decode`) finds
     the prompt's positions itself (`slots`), from the real-token numbering that padding, GPT-2's
     left-aligned prefill and appended targets all keep: row b's prompt vector p is the real
-    token numbered start[b] + p. Block i > 0 then gets `layers[i]` at those positions
-    (`block_input`; block 0's prompt is the one inserted into the embeddings), combined by
-    'replace' or 'add' (METHOD 'per_layer'). Positions a decoder runs later against its cache
-    (generated tokens, targets) are never prompt positions, so no step re-adds a prompt.
+    token numbered start[b] + p.
+    - `layers` [L, P, H] (METHOD 'per_layer'): block i > 0 gets `layers[i]` at those positions
+      (`block_input`; block 0's prompt is the one inserted into the embeddings), by 'replace'
+      or 'add'. Positions a decoder runs later against its cache (generated tokens, targets)
+      are never prompt positions, so no step re-adds a prompt.
+    - `visibility` (PROMPT_VISIBILITY, normalised by `visibility.check`): which of
+      prompt->prompt, prompt->prompt;causal and prompt->input attention are allowed
+      (`visibility_bias`); None keeps the model's own attention.
     """
 
     start: jax.Array                      # [B] real-token number of each row's first prompt vector
-    layers: jax.Array                     # [L, P, H] one prompt per block (layers[0]: the inserted one)
+    length: int = struct.field(pytree_node=False)  # P
+    layers: jax.Array | None = None       # [L, P, H] one prompt per block (layers[0]: the inserted one)
     combine: str = struct.field(pytree_node=False, default="replace")  # 'replace' | 'add'
+    visibility: frozenset | None = struct.field(pytree_node=False, default=None)
 
     def slots(self, mask: jax.Array) -> jax.Array:
         """[B, S] mask of a sequence in time order -> [B, S] the prompt row p at each prompt position, else -1."""
-        p = self.layers.shape[1]
         slot = positions_from_mask(mask) - self.start[:, None]
-        return jnp.where((mask > 0) & (slot >= 0) & (slot < p), slot, -1)
+        return jnp.where((mask > 0) & (slot >= 0) & (slot < self.length), slot, -1)
 
 
 def block_input(site: PromptSite | None, i: int, x: jax.Array, slots: jax.Array | None) -> jax.Array:
     """The input of block i: x [B, S, H] with `site.layers[i]` put at the prompt's `slots` [B, S] (from
-    `PromptSite.slots`) by the site's combine; x itself for block 0, or without a site."""
-    if site is None or i == 0:
+    `PromptSite.slots`) by the site's combine; x itself for block 0, or without layer prompts."""
+    if site is None or site.layers is None or i == 0:
         return x
     return combine_at(x, site.layers[i], slots, site.combine)
+
+
+def visibility_bias(site: PromptSite | None, mask: jax.Array, slots: jax.Array | None, *, causal: bool,
+                    keys: int | None = None) -> jax.Array | float:
+    """Additive bias [B, 1, S, keys] (float32) of the site's PROMPT_VISIBILITY over a sequence of S positions
+    (mask [B, S], slots from `PromptSite.slots`); keys > S (a cache's later slots) are left to the causal
+    bias. 0.0 without a site or a visibility setting."""
+    if site is None or site.visibility is None:
+        return 0.0
+    from prompt_tuning_jax.models import visibility
+
+    kinds = jnp.where(mask > 0, jnp.where(slots >= 0, visibility.PROMPT, visibility.INPUT), visibility.PAD)
+    allowed = visibility.allowed_mask(kinds, site.visibility, causal=causal)  # [B, S, S]
+    s = mask.shape[1]
+    if keys is not None and keys > s:
+        allowed = jnp.pad(allowed, ((0, 0), (0, 0), (0, keys - s)), constant_values=True)
+    return jnp.where(allowed, 0.0, MASK_VALUE).astype(jnp.float32)[:, None]
 
 
 def combine_at(x: jax.Array, prompt: jax.Array, slots: jax.Array, combine: str) -> jax.Array:

@@ -286,7 +286,7 @@ class GPT2(nnx.Module):
         (0..T-1 without a mask): pads are not counted, so left and right padding
         give the same numbers at real tokens. dropout_rng: None (no dropout), a key,
         or one key per row [B] (see `common.row_keys`); draws nothing when every rate is 0.
-        prompt_site: a prompt at the input of every block (`common.PromptSite`), or None.
+        prompt_site: where the prompt sits (`common.PromptSite`: a prompt for every block, its visibility), or None.
         """
         b, t = inputs_embeds.shape[:2]
         if t > self.config.n_positions:
@@ -297,8 +297,9 @@ class GPT2(nnx.Module):
         keys = common.row_keys(dropout_rng, b) if self.config.has_dropout else None
         x = inputs_embeds.astype(self.dtype) + self.wpe(position_ids)
         x = common.dropout(x, self.config.embd_pdrop, common.fold(keys, 0))
-        bias = common.causal_bias(t, t) + common.padding_bias(attention_mask, t)
         slots = None if prompt_site is None else prompt_site.slots(attention_mask)
+        bias = (common.causal_bias(t, t) + common.padding_bias(attention_mask, t)
+                + common.visibility_bias(prompt_site, attention_mask, slots, causal=True))
         for i, block in enumerate(self.h):
             block_keys = common.fold(keys, i + 1)
             x = common.block_input(prompt_site, i, x, slots)
@@ -453,14 +454,15 @@ class GPT2(nnx.Module):
         the current position are hidden by the causal mask, whatever their mask);
         position_ids [B, T] are the positions added to the embeddings. With M = T,
         index 0 and the same positions this equals `forward_embeddings`. Never drops out.
-        prompt_site (a prefill only, index 0): the prompt at every block's input; the steps after it run
-        positions that are not the prompt's, so they never take one.
+        prompt_site (a prefill only, index 0): the prompt at every block's input and its visibility; the
+        steps after it run positions that are not the prompt's, so they never take one.
         """
         t, m = inputs_embeds.shape[1], cache_mask.shape[1]
         x = inputs_embeds.astype(self.dtype) + self.wpe(position_ids)
-        bias = common.causal_bias(t, m, offset=index) + common.padding_bias(cache_mask, m)
-        new_cache = []
         slots = None if prompt_site is None else prompt_site.slots(cache_mask[:, :t])
+        bias = (common.causal_bias(t, m, offset=index) + common.padding_bias(cache_mask, m)
+                + common.visibility_bias(prompt_site, cache_mask[:, :t], slots, causal=True, keys=m))
+        new_cache = []
         for i, (block, layer_cache) in enumerate(zip(self.h, cache)):
             x = common.block_input(prompt_site, i, x, slots)
             x, layer_cache = block.cached(x, bias, layer_cache, index)

@@ -391,18 +391,19 @@ class Stack(nnx.Module):
         """x [B, T, d] embeddings -> [B, T, d]; decoder: causal + cross-attention to encoder_hidden [B, S, d].
 
         keys: per-row dropout keys [B] or None (dropout on the embeddings, in the blocks,
-        and after the final layer norm). prompt_site (the encoder): a prompt at every block's input.
+        and after the final layer norm). prompt_site (the encoder): a prompt at every block's input, its visibility.
         """
         t = x.shape[1]
         x = common.dropout(x, self.dropout_rate, common.fold(keys, 0))
         rel = self.block[0].layer[0].SelfAttention
         bias = rel.position_bias(t, t, not self.is_decoder, self.buckets, self.max_distance)
-        bias = bias + common.padding_bias(attention_mask, t)
+        slots = None if prompt_site is None else prompt_site.slots(attention_mask)
+        bias = (bias + common.padding_bias(attention_mask, t)
+                + common.visibility_bias(prompt_site, attention_mask, slots, causal=False))
         cross_bias = None
         if self.is_decoder:
             bias = bias + common.causal_bias(t, t)
             cross_bias = common.padding_bias(encoder_mask, encoder_hidden.shape[1])
-        slots = None if prompt_site is None else prompt_site.slots(attention_mask)
         for i, block in enumerate(self.block):
             block_keys = common.fold(keys, i + 2)
             x = common.block_input(prompt_site, i, x, slots)

@@ -12,7 +12,9 @@ each row's prompt [B, P', H] from its task_index, and `soft_prompt` is empty
 ([0, H], not trained). With `layer_combine` ('replace' or 'add', METHOD 'per_layer') the prompt holds
 one [P, H] prompt per block of the model ([L, P, H], L = `config.prompt_blocks`): the first is
 inserted as usual, and block i > 0 gets the i-th at the prompt's positions, replacing or added to
-its input there (`models.common.PromptSite`). The model's weights stay `nnx.Param` and are never
+its input there (`models.common.PromptSite`). `visibility` (PROMPT_VISIBILITY, the original's extended
+masks) says which of prompt->prompt, prompt->prompt;causal and prompt->input attention are allowed, in
+T5's encoder and in GPT-2 (`models.visibility`); None keeps each model's own. The model's weights stay `nnx.Param` and are never
 differentiated. Under `jax.jit`, outputs you do not use are not computed. The
 wrapper uses the model only through its seam (`embed`, `activations`, `logits`,
 `embedding_table`): it never asks which family it wraps.
@@ -34,6 +36,7 @@ import numpy as np
 from flax import nnx, struct
 
 from prompt_tuning_jax.heads import ClassificationHead
+from prompt_tuning_jax.models import visibility as visibility_rules
 from prompt_tuning_jax.models.common import PromptSite
 from prompt_tuning_jax.prompts import combine
 from prompt_tuning_jax.variables import Trainable
@@ -85,7 +88,7 @@ class PromptedModel(nnx.Module):
     def __init__(self, model, length: int, init=None, *, placement: str = "prefix", head=None,
                  num_labels: int | None = None, regression: bool = False, num_tasks: int = 1,
                  before_eos: bool = False, seed: int = 0, prompt_module: nnx.Module | None = None,
-                 layer_combine: str | None = None):
+                 layer_combine: str | None = None, visibility=None):
         if placement not in combine.PLACEMENTS:
             raise ValueError(f"unknown prompt placement {placement!r}; use one of {combine.PLACEMENTS}")
         if not isinstance(length, int) or length < 0:
@@ -96,6 +99,7 @@ class PromptedModel(nnx.Module):
         self.placement, self.before_eos, self.num_tasks = placement, before_eos, num_tasks
         self.prompt_module = prompt_module  # task_index [B] -> [B, P', H]; None: the soft prompt below
         self.layer_combine = layer_combine  # None: a prompt at the input only; else one per block
+        self.visibility = None if visibility is None else visibility_rules.check(visibility)
         if layer_combine not in (None, "replace", "add"):
             raise ValueError(f"layer_combine must be None, 'replace' or 'add', got {layer_combine!r}")
         if layer_combine is not None and (num_tasks > 1 or prompt_module is not None):
@@ -186,7 +190,7 @@ class PromptedModel(nnx.Module):
 
     def _shares_prefix(self, dropout_rng) -> bool:
         return (self.placement == "prefix" and self.num_tasks == 1 and self.prompt_module is None
-                and self.layer_combine is None
+                and self.layer_combine is None and self.visibility is None
                 and self.soft_prompt.shape[-2] > 0
                 and hasattr(self.model, "shared_prefix_target_logits")
                 and (dropout_rng is None or not self.model.config.has_dropout))
@@ -200,9 +204,12 @@ class PromptedModel(nnx.Module):
         prompt = self._prompt_for(task_index, input_ids.shape[0])
         embeds, mask, positions = combine.insert(self.model.embed(input_ids), attention_mask, prompt, at)
         site = {}
-        if self.layer_combine is not None:  # the prompt's first vector follows the real tokens before `at`
+        if self.layer_combine is not None or self.visibility is not None:
+            # the prompt's first vector follows the real tokens before `at`
             start = jnp.sum((attention_mask > 0) & (jnp.arange(input_ids.shape[1])[None] < at[:, None]), axis=1)
-            site = {"prompt_site": PromptSite(start, self.soft_prompt[...], self.layer_combine)}
+            layers = self.soft_prompt[...] if self.layer_combine is not None else None
+            site = {"prompt_site": PromptSite(start, prompt.shape[-2], layers, self.layer_combine or "replace",
+                                              self.visibility)}
         return embeds, mask, positions, site
 
     def __call__(self, input_ids, attention_mask=None, *, decoder_input_ids=None, decoder_attention_mask=None,
@@ -232,7 +239,8 @@ def with_prompt(model, length: int, init=None, placement: str = "prefix", head=N
     num_labels=...), or an nnx.Module applied to the hidden state [B, H].
     Other keyword arguments: num_labels, regression, num_tasks, before_eos, seed, prompt_module
     (an nnx module task_index [B] -> prompts [B, P', H] that replaces the soft prompt; `length` and
-    `init` are then unused), and layer_combine ('replace' or 'add': a [P, H] prompt per block of the
-    model, [L, P, H]; `init` then makes each layer's, or is an [L, P, H] array or file).
+    `init` are then unused), layer_combine ('replace' or 'add': a [P, H] prompt per block of the
+    model, [L, P, H]; `init` then makes each layer's, or is an [L, P, H] array or file), and visibility
+    (a list of 'prompt->prompt', 'prompt->prompt;causal', 'prompt->input'; None: the model's own).
     """
     return PromptedModel(model, length, init, placement=placement, head=head, **kwargs)

@@ -228,6 +228,14 @@ def test_bad_multitask_settings(kw, message):
         PromptSpec(**{"method": "multitask", **kw})
 
 
+def test_training_refuses_multitask_task(tiny_gpt2_dir, tmp_path):
+    spec = PromptSpec(method="multitask", length=P, multitask_task=1, num_tasks=2)
+    data = DataSpec(["demo_sentiment", "demo_sentiment"], {"inputs": 24, "targets": 4}, batch_size=8)
+    with pytest.raises(ValueError, match="MULTITASK_TASK=1 gives every row one task's prompt"):
+        train(str(tmp_path / "run"), ModelSpec(tiny_gpt2_dir), spec, data, TrainSpec(steps=1, progress=False))
+    assert not (tmp_path / "run").exists()  # refused before MODEL_DIR is made
+
+
 def test_settings_the_model_refuses(tiny_gpt2_dir):
     with pytest.raises(ValueError, match="MULTITASK_SHARED_FEATURES must be from 1 to 31 with 'concat_features'"):
         _built(tiny_gpt2_dir, "concat_features", multitask_shared_features=H)
