@@ -16,3 +16,7 @@ class Trainable(nnx.Variable):
 
 class LoRAParam(Trainable):
     """A LoRA factor (`models/lora.py`): trained under METHOD 'lora:R', absent otherwise."""
+
+
+class IA3Param(Trainable):
+    """An IA3 scaling vector (`models/ia3.py`): trained under METHOD 'ia3', absent otherwise."""

@@ -139,7 +139,8 @@ class LayerNorm(nnx.Module):
 
 
 class Conv1D(nnx.Module):
-    """GPT-2's linear layer: `weight` [in, out], `bias` [out]; plus a LoRA update once `models.lora` adds one."""
+    """GPT-2's linear layer: `weight` [in, out], `bias` [out]; plus a LoRA update once `models.lora` adds one,
+    or an IA3 rescaling once `models.ia3` adds one."""
 
     FAN_IN_FAN_OUT = True  # weight is [in, out] (PEFT's fan_in_fan_out, for a LoRA adapter's config)
 
@@ -147,12 +148,24 @@ class Conv1D(nnx.Module):
         self.weight = common.param(rngs, (n_in, n_out), axes, param_dtype, stddev)
         self.bias = common.zeros_param((n_out,), axes[1:], param_dtype)
         self.dtype = dtype
-        self.in_out, self.lora = (n_in, n_out), None
+        self.in_out, self.lora, self.ia3 = (n_in, n_out), None, None
 
     def __call__(self, x):
         x = x.astype(self.dtype)
+        if self.ia3 is not None and self.ia3.feedforward:
+            x = self.ia3(x)
         y = common.dense(x, self.weight[...]) + self.bias[...].astype(self.dtype)
-        return y if self.lora is None else y + self.lora(x)
+        y = y if self.lora is None else y + self.lora(x)
+        return y if self.ia3 is None or self.ia3.feedforward else self.ia3(y)
+
+    def merge_scale(self, scale, input_side: bool) -> None:
+        """Folds a rescaling into the weights: of the input [in] (`input_side`), else of the output [out]."""
+        w = self.weight[...]
+        if input_side:
+            self.weight[...] = (w.astype(jnp.float32) * scale[:, None]).astype(w.dtype)
+        else:
+            self.weight[...] = (w.astype(jnp.float32) * scale[None, :]).astype(w.dtype)
+            self.bias[...] = (self.bias[...].astype(jnp.float32) * scale).astype(self.bias.dtype)
 
 
 class Attention(nnx.Module):
@@ -267,6 +280,7 @@ class GPT2(nnx.Module):
     # --- the seam (models/base.py) ---------------------------------------------
     target_prefix = " "  # targets continue the input text
     peft_task_type = "CAUSAL_LM"  # PEFT's task_type for adapters of this family (models/lora.py)
+    ia3_targets = {"c_attn": False, "mlp.c_proj": True}  # PEFT's IA3 targets: name -> feed-forward (models/ia3.py)
 
     @property
     def embedding_table(self) -> jax.Array:

@@ -196,17 +196,26 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
 
 class Linear(nnx.Module):
     """Bias-free linear layer with the PyTorch layout: `weight` [out, in]; plus a LoRA update once
-    `models.lora` adds one."""
+    `models.lora` adds one, or an IA3 rescaling once `models.ia3` adds one."""
 
     def __init__(self, n_in, n_out, axes, *, dtype, param_dtype, stddev, rngs):
         self.weight = common.param(rngs, (n_out, n_in), axes, param_dtype, stddev)
         self.dtype = dtype
-        self.in_out, self.lora = (n_in, n_out), None
+        self.in_out, self.lora, self.ia3 = (n_in, n_out), None, None
 
     def __call__(self, x):
         x = x.astype(self.dtype)
+        if self.ia3 is not None and self.ia3.feedforward:
+            x = self.ia3(x)
         y = common.dense(x, self.weight[...], out_in=True)
-        return y if self.lora is None else y + self.lora(x)
+        y = y if self.lora is None else y + self.lora(x)
+        return y if self.ia3 is None or self.ia3.feedforward else self.ia3(y)
+
+    def merge_scale(self, scale, input_side: bool) -> None:
+        """Folds a rescaling into the weight [out, in]: of the input [in] (`input_side`), else of the output [out]."""
+        w = self.weight[...]
+        factor = scale[None, :] if input_side else scale[:, None]
+        self.weight[...] = (w.astype(jnp.float32) * factor).astype(w.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -445,6 +454,10 @@ class T5(nnx.Module):
     # --- the seam (models/base.py) ---------------------------------------------
     target_prefix = ""  # the decoder starts targets afresh
     peft_task_type = "SEQ_2_SEQ_LM"  # PEFT's task_type for adapters of this family (models/lora.py)
+    # PEFT's IA3 targets, name -> feed-forward (models/ia3.py): keys and values (self- and cross-attention) and
+    # the MLP's intermediate activation (the input of wo; PEFT's mT5 default rescales wi_1's output instead, the
+    # same product, and loads this adapter as written)
+    ia3_targets = {"k": False, "v": False, "wo": True}
 
     @property
     def embedding_table(self) -> jax.Array:

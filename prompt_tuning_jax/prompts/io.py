@@ -229,6 +229,30 @@ def export_peft_lora(folder: str | os.PathLike, model, base_model_name_or_path: 
     return _write_peft(os.fspath(folder), config, tensors)
 
 
+def export_peft_ia3(folder: str | os.PathLike, model, base_model_name_or_path: str | None = None) -> str:
+    """Writes `model`'s IA3 vectors (`models.ia3.add_ia3`) as a PEFT IA3 adapter that
+    `PeftModel.from_pretrained(base, folder)` loads: `base_model.model.<module>.ia3_l` [out, 1] (an output
+    rescaled) or [1, in] (a feed-forward input), and `adapter_config.json`. Returns the folder."""
+    from prompt_tuning_jax.models.ia3 import target_layers
+
+    adapted = [(path, layer, name) for path, layer, name in target_layers(model) if layer.ia3 is not None]
+    if not adapted:
+        raise ValueError("this model has no IA3 vectors to export (models.ia3.add_ia3 first)")
+    tensors = {}
+    for path, layer, _ in adapted:
+        module = model.checkpoint_key((*path, "weight"))[:-len(".weight")]
+        value = np.asarray(layer.ia3.ia3_l[...], np.float32)
+        tensors[f"base_model.model.{module}.ia3_l"] = value[None, :] if layer.ia3.feedforward else value[:, None]
+    names = {name: layer.ia3.feedforward for _, layer, name in adapted}
+    config = {"peft_type": "IA3", "task_type": model.peft_task_type, "base_model_name_or_path": base_model_name_or_path,
+              "target_modules": sorted(names), "feedforward_modules": sorted(n for n, ff in names.items() if ff),
+              "fan_in_fan_out": bool(getattr(adapted[0][1], "FAN_IN_FAN_OUT", False)), "init_ia3_weights": True,
+              "inference_mode": True, "modules_to_save": None, "revision": None}
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        config["peft_version"] = importlib.metadata.version("peft")
+    return _write_peft(os.fspath(folder), config, tensors)
+
+
 def _check_peft_args(prompt, task_type, prompt_tuning_init, prompt_tuning_init_text, tokenizer_name_or_path,
                      num_transformer_submodules) -> None:
     if prompt.ndim != 2:
