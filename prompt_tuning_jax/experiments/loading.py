@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any, Sequence
 
@@ -31,8 +32,21 @@ def load_prompted(model: ModelSpec, prompt: PromptSpec, tasks: Sequence, mesh,
     """Loads the frozen model and tokenizer, builds the prompt for `tasks` and places both on `mesh`.
 
     checkpoint_path: a training MODEL_DIR or a `.npy` prompt; the trained prompt
-    (and head) replace the initial ones, so the initializer is not even run.
+    (and head) replace the initial ones, so the initializer is not even run. A PEFT adapter folder
+    (as CHECKPOINT_PATH, or PromptSpec.adapter, INITIAL_ADAPTER, to start a run from) gives what METHOD
+    trains instead (`methods.Method.load_adapter`: prompt tuning, LoRA, IA3).
     """
+    from prompt_tuning_jax.prompts.io import is_peft_adapter
+
+    adapter = prompt.adapter
+    if adapter and not is_peft_adapter(adapter):
+        raise FileNotFoundError(f"INITIAL_ADAPTER {adapter} is not a PEFT adapter folder (it has no "
+                                "adapter_config.json)")
+    if checkpoint_path and is_peft_adapter(checkpoint_path):
+        adapter, checkpoint_path = os.fspath(checkpoint_path), None
+        if prompt.head is not None:
+            raise ValueError(f"CHECKPOINT_PATH {adapter} is a PEFT adapter, which holds no linear head: evaluate "
+                             "the training MODEL_DIR instead")
     if len(tasks) > 1:
         prompt = dataclasses.replace(prompt, num_tasks=len(tasks))
     if tasks:
@@ -45,6 +59,8 @@ def load_prompted(model: ModelSpec, prompt: PromptSpec, tasks: Sequence, mesh,
     base = model.load(mesh=mesh)
     tokenizer = model.load_tokenizer()
     prompted = prompt.build(base, tokenizer)
+    if adapter:
+        prompt.method_impl.load_adapter(prompted, adapter)
     state = MeshState(prompted, mesh, rules=model.rules, trainable=prompt.trainable(prompted))
     if checkpoint_path:
         state.restore(checkpoint_path)

@@ -167,6 +167,8 @@ class PromptSpec:
     'factorized', None: P); multitask_shared_features (H_s of 'concat_features' and 'project');
     multitask_factors ('factorized': each mixture task's [first, second] factor, e.g. [language, task]);
     multitask_task (evaluate or infer task k of a K-task run: every row gets task k's prompt; with num_tasks=K).
+    adapter: INITIAL_ADAPTER, a PEFT adapter folder whose values start what METHOD trains (a PROMPT_TUNING
+    adapter for 'prompt' / 'wayward', LORA for 'lora:R', IA3 for 'ia3'; `Method.load_adapter`).
     per_layer_combine: METHOD 'per_layer' (the original's extended per-layer prompts, `methods/per_layer.py`),
     a [P, H] prompt at the input of every block, [L, P, H]: 'replace' (the block's input at the prompt's
     positions) or 'add' (added to it).
@@ -204,6 +206,7 @@ class PromptSpec:
     multitask_factors: Sequence[Sequence[int]] | None = None
     multitask_task: int | None = None
     per_layer_combine: str = "replace"
+    adapter: str | None = None
     visibility: Sequence[str] | None = None
 
     def __post_init__(self):

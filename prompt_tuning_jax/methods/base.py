@@ -13,6 +13,8 @@ A method is a `Method` subclass registered under its name. It declares
   `layer_combine`, a prompt at every block);
 - `trainable(prompted)`: the nnx filter of what trains (gradients, optimizer state, checkpoints);
 - `regularizer(spec, model, tokenizer)`: an extra loss term on what trains, or None;
+- `load_adapter(prompted, folder)`: sets what trains from a PEFT adapter folder (INITIAL_ADAPTER, or
+  CHECKPOINT_PATH to evaluate one); methods without a PEFT counterpart refuse;
 - `export(model_dir, state, trainable, base_model)`: what it writes at the end of a run beyond the
   checkpoints and the prompt `.npy` files (a PEFT adapter), as summary entries.
 
@@ -85,6 +87,11 @@ class Method:
         the objective's mean loss (after accumulation), or None (the default). `model` and `tokenizer` are the
         run's frozen model and tokenizer, for terms that need its embeddings (METHOD 'wayward')."""
         return None
+
+    def load_adapter(self, prompted, folder: str) -> None:
+        """Sets what trains in `prompted` from the PEFT adapter in `folder` (in place); by default refused."""
+        raise ValueError(f"METHOD {str(self)!r} has no PEFT adapter to start from or evaluate ({folder}); give a "
+                         "MODEL_DIR as CHECKPOINT_PATH, or the METHOD the adapter was trained with")
 
     def export(self, model_dir: str, state, trainable, base_model: str) -> dict:
         """Writes what this method leaves beside the checkpoints -> summary entries. `state` is the run's

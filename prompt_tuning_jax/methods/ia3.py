@@ -23,6 +23,11 @@ class IA3(Method):
 
         add_ia3(model)
 
+    def load_adapter(self, prompted, folder: str) -> None:
+        from prompt_tuning_jax.prompts.io import import_peft_ia3
+
+        import_peft_ia3(prompted.model, folder)
+
     def export(self, model_dir: str, state, trainable, base_model: str) -> dict:
         """The trained vectors as a PEFT adapter in MODEL_DIR/ia3_adapter (written by process 0)."""
         from prompt_tuning_jax import partitioning

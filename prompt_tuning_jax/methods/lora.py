@@ -32,6 +32,11 @@ class LoRA(Method):
 
         add_lora(model, self.n, spec.lora_alpha, spec.lora_targets, seed=spec.seed)
 
+    def load_adapter(self, prompted, folder: str) -> None:
+        from prompt_tuning_jax.prompts.io import import_peft_lora
+
+        import_peft_lora(prompted.model, folder)
+
     def export(self, model_dir: str, state, trainable, base_model: str) -> dict:
         """The trained factors as a PEFT adapter in MODEL_DIR/lora_adapter (written by process 0)."""
         from prompt_tuning_jax import partitioning

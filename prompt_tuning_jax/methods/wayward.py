@@ -50,6 +50,11 @@ class Wayward(Method):
     def trainable(self, prompted):
         return Trainable
 
+    def load_adapter(self, prompted, folder: str) -> None:
+        from prompt_tuning_jax.methods.prompt import load_prompt_adapter
+
+        load_prompt_adapter(prompted, folder)
+
     def regularizer(self, spec, model, tokenizer):
         target = jnp.asarray(discrete_prompt(model.embedding_table, tokenizer, spec.wayward_prompt, spec.length))
         gamma = float(spec.wayward_gamma)

@@ -297,6 +297,74 @@ def _read_peft_tensors(folder: str) -> dict[str, np.ndarray]:
                             f"nor {PEFT_WEIGHTS_BIN_NAME}")
 
 
+def is_peft_adapter(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder holding a PEFT adapter (its adapter_config.json)."""
+    path = os.fspath(path)
+    return files.is_dir(path) and files.is_file(os.path.join(path, PEFT_CONFIG_NAME))
+
+
+def read_peft_adapter(folder: str | os.PathLike, peft_type: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(adapter_config.json, tensors) of a PEFT adapter folder, which must be of `peft_type` ('LORA', 'IA3', ...)."""
+    folder = os.fspath(folder)
+    if not is_peft_adapter(folder):
+        raise FileNotFoundError(f"{folder} is not a PEFT adapter folder (it has no {PEFT_CONFIG_NAME})")
+    config = json.loads(files.read_text(os.path.join(folder, PEFT_CONFIG_NAME)))
+    if config.get("peft_type") != peft_type:
+        raise ValueError(f"{folder} holds a {config.get('peft_type')} adapter, but this METHOD reads {peft_type} "
+                         "adapters: set the METHOD that trained it")
+    return config, _read_peft_tensors(folder)
+
+
+def _set_from_adapter(folder: str, tensors: dict, wanted: dict) -> None:
+    """Sets each variable of `wanted` ({adapter tensor name: (nnx variable, transform)}) from `tensors`; a
+    missing or extra tensor, or a shape that does not fit, is one ValueError naming it."""
+    missing = sorted(set(wanted) - set(tensors))
+    extra = sorted(set(tensors) - set(wanted))
+    if missing or extra:
+        raise ValueError(f"PEFT adapter {folder} does not fit this model: "
+                         + (f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}; " if missing else "")
+                         + (f"unexpected {extra[:3]}{' ...' if len(extra) > 3 else ''}" if extra else "")
+                         + " (was it trained for another model or other target modules?)")
+    for name, (variable, transform) in wanted.items():
+        value = transform(np.asarray(tensors[name], np.float32))
+        if value.shape != variable.shape:
+            raise ValueError(f"PEFT adapter {folder}: {name} has shape {tuple(tensors[name].shape)}, which does not "
+                             f"fit this model's {tuple(variable.shape)} (another model size or rank?)")
+        variable[...] = value.astype(variable.dtype)
+
+
+def import_peft_lora(model, folder: str | os.PathLike) -> None:
+    """Sets `model`'s LoRA factors (`models.lora.add_lora`, the same targets and rank) from a PEFT LoRA adapter."""
+    from prompt_tuning_jax.models.lora import projections
+
+    config, tensors = read_peft_adapter(folder, "LORA")
+    adapted = [(path, layer) for path, layer in projections(model) if layer.lora is not None]
+    wanted = {}
+    for path, layer in adapted:
+        module = model.checkpoint_key((*path, "weight"))[:-len(".weight")]
+        for name in ("lora_A", "lora_B"):
+            wanted[f"base_model.model.{module}.{name}.weight"] = (getattr(layer.lora, name), np.transpose)
+    if adapted and config.get("lora_alpha") is not None:
+        rank = adapted[0][1].lora.lora_A.shape[1]
+        if abs(adapted[0][1].lora.scaling * rank - float(config["lora_alpha"])) > 1e-6:
+            raise ValueError(f"PEFT adapter {os.fspath(folder)} has lora_alpha {config['lora_alpha']}; this run's "
+                             f"LORA_ALPHA is {adapted[0][1].lora.scaling * rank}: set LORA_ALPHA to the adapter's")
+    _set_from_adapter(os.fspath(folder), tensors, wanted)
+
+
+def import_peft_ia3(model, folder: str | os.PathLike) -> None:
+    """Sets `model`'s IA3 vectors (`models.ia3.add_ia3`) from a PEFT IA3 adapter."""
+    from prompt_tuning_jax.models.ia3 import target_layers
+
+    _, tensors = read_peft_adapter(folder, "IA3")
+    wanted = {}
+    for path, layer, _ in target_layers(model):
+        if layer.ia3 is not None:
+            module = model.checkpoint_key((*path, "weight"))[:-len(".weight")]
+            wanted[f"base_model.model.{module}.ia3_l"] = (layer.ia3.ia3_l, np.ravel)
+    _set_from_adapter(os.fspath(folder), tensors, wanted)
+
+
 def import_peft(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """Reads a PEFT prompt-tuning adapter -> (prompt [P, H] float32, adapter config dict).
 
