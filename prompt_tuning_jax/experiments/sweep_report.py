@@ -45,7 +45,21 @@ def markdown_table(rows: list[dict], metric: str) -> str:
                     cells.append(_cell(group))
                 out.append(f"| {model} | " + " | ".join(cells) + " |")
             out.append("")
-    return "\n".join(out)
+    return "\n".join(out + parameters_table(rows))
+
+
+def parameters_table(rows: list[dict]) -> list[str]:
+    """Lines of a table of the values each method trains, per model (the x axis of metric_vs_parameters.png)."""
+    methods, models = _ordered(rows, "method"), _ordered(rows, "model")
+    out = ["## Trainable parameters", "", "| model | " + " | ".join(methods) + " |", "| --- |" + " ---: |" * len(methods)]
+    for model in models:
+        cells = []
+        for method in methods:
+            counts = sorted({int(r["trainable_params"]) for r in rows if (r["model"], r["method"]) == (model, method)
+                             and r.get("trainable_params") not in (None, "")})
+            cells.append(" / ".join(f"{c:,}" for c in counts) or "-")
+        out.append(f"| {model} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def _cell(group: list[dict]) -> str:
@@ -58,7 +72,8 @@ def _cell(group: list[dict]) -> str:
 
 
 def plots(rows: list[dict], sweep, folder: str) -> list[str]:
-    """metric_vs_model.png, metric_vs_prompt_length.png, learning_curves.png in `folder` -> their paths."""
+    """metric_vs_model.png, metric_vs_prompt_length.png, metric_vs_parameters.png (the paper's Figure 4 axes),
+    learning_curves.png in `folder` -> their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +82,7 @@ def plots(rows: list[dict], sweep, folder: str) -> list[str]:
     files.makedirs(folder)
     written = []
     for name, draw in (("metric_vs_model.png", _by_model), ("metric_vs_prompt_length.png", _by_length),
-                       ("learning_curves.png", _curves)):
+                       ("metric_vs_parameters.png", _by_parameters), ("learning_curves.png", _curves)):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         draw(ax, rows, sweep)
         ax.set_ylabel(sweep.metric)
@@ -123,6 +138,26 @@ def _by_length(ax, rows, sweep):
                 ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=f"{method} / {model}")
     ax.set_xlabel("prompt length")
     ax.set_title(f"{sweep.metric} against prompt length")
+
+
+def _by_parameters(ax, rows, sweep):
+    """One point per (method, model, prompt length): mean ± std over seeds against the values trained, log x."""
+    for i, method in enumerate(_ordered(rows, "method")):
+        xs, ms, ss = [], [], []
+        for model in _ordered(rows, "model"):
+            for length in _ordered(rows, "prompt_length"):
+                group = [r for r in rows if _usable(r) and (r["method"], r["model"], r["prompt_length"])
+                         == (method, model, length) and r.get("trainable_params") not in (None, "", 0)]
+                if group:
+                    m, s, _ = summarize([r["value"] for r in group])
+                    xs.append(max(int(group[0]["trainable_params"]), 1))
+                    ms.append(m)
+                    ss.append(s)
+        if xs:
+            ax.errorbar(xs, ms, yerr=ss, marker="o", linestyle="none", capsize=3, color=f"C{i}", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_title(f"{sweep.metric} against trainable parameters (mean ± std over seeds)")
 
 
 def _curves(ax, rows, sweep):

@@ -74,8 +74,10 @@ def test_a_sweep_runs_every_cell_writes_results_table_plots_and_resumes(tmp_path
         assert int(row["trainable_params"]) == summary["trainable_params"] > 4 * 16  # prompt [4, H] and a head
         assert row["placement"] == {"prefix": "prefix", "suffix": "suffix"}[row["method"]]
         assert float(row["examples_per_s"]) > 0 and float(row["wall_s"]) > 0
-    assert "±" in (tmp_path / "sweep" / "table.md").read_text()
-    for name in ("metric_vs_model.png", "metric_vs_prompt_length.png", "learning_curves.png"):
+    text = (tmp_path / "sweep" / "table.md").read_text()
+    assert "±" in text and f"| {table[0]['model']} | {int(table[0]['trainable_params']):,} |" in text
+    for name in ("metric_vs_model.png", "metric_vs_prompt_length.png", "metric_vs_parameters.png",
+                 "learning_curves.png"):
         assert (tmp_path / "sweep" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     done = [os.path.getmtime(os.path.join(r["model_dir"], sweeps.DONE)) for r in rows]
     logs.clear()
