@@ -51,11 +51,12 @@ def load_prompted(model: ModelSpec, prompt: PromptSpec, tasks: Sequence, mesh,
         prompt = dataclasses.replace(prompt, num_tasks=len(tasks))
     if tasks:
         prompt = prompt.for_task(tasks[0])
-    if not checkpoint_path:
+    if not checkpoint_path and not adapter:
         prompt = t5x_prompt(model, prompt)
     if checkpoint_path:
         check_checkpoint_path(checkpoint_path)  # before the (slow) model load
-        prompt = dataclasses.replace(prompt, init="random_uniform")  # overwritten by the restore below
+    if checkpoint_path or adapter:
+        prompt = dataclasses.replace(prompt, init="random_uniform")  # overwritten by the restore or the adapter
     base = model.load(mesh=mesh)
     tokenizer = model.load_tokenizer()
     prompted = prompt.build(base, tokenizer)

@@ -176,6 +176,11 @@ class PromptSpec:
     prompt gets beyond input->input and input->prompt: a list of 'prompt->prompt', 'prompt->prompt;causal',
     'prompt->input' (e.g. [] : each prompt position sees only itself); None (the default): the model's own
     (T5's encoder: everything; GPT-2: causal).
+    ptuning_*: METHOD 'ptuning' (P-tuning, Liu et al., 2021, as PEFT's PromptEncoderConfig, `methods/ptuning.py`),
+    a prompt encoder makes the [P, H] prompt (P: `length`) from an embedding of P virtual tokens:
+    ptuning_encoder 'mlp' (PEFT's default) | 'lstm' (a bidirectional LSTM, then an MLP; the paper's);
+    ptuning_hidden (PEFT's encoder_hidden_size, None: the model's width); ptuning_num_layers (the LSTM's
+    layers, PEFT's encoder_num_layers, 2); ptuning_dropout (PEFT's encoder_dropout: only 0.0 is supported).
     """
 
     length: int = 100
@@ -208,6 +213,10 @@ class PromptSpec:
     per_layer_combine: str = "replace"
     adapter: str | None = None
     visibility: Sequence[str] | None = None
+    ptuning_encoder: str = "mlp"
+    ptuning_hidden: int | None = None
+    ptuning_num_layers: int = 2
+    ptuning_dropout: float = 0.0
 
     def __post_init__(self):
         check_count(self.length, "PROMPT_LENGTH")

@@ -380,9 +380,9 @@ def import_peft(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:
         raise FileNotFoundError(f"{folder} is not a PEFT adapter: it has no {PEFT_CONFIG_NAME}")
     config = json.loads(files.read_text(config_path))
     peft_type = config.get("peft_type")
-    if peft_type != "PROMPT_TUNING":
-        raise ValueError(f"{folder} holds a {peft_type} adapter; only prompt-tuning adapters "
-                         "(peft_type PROMPT_TUNING) hold a [P, H] input prompt")
+    if peft_type not in ("PROMPT_TUNING", "P_TUNING"):  # P-tuning saves its encoder's output, a plain prompt
+        raise ValueError(f"{folder} holds a {peft_type} adapter; only prompt-tuning and P-tuning adapters "
+                         "(peft_type PROMPT_TUNING, P_TUNING) hold a [P, H] input prompt")
     length = config.get("num_virtual_tokens")
     if not isinstance(length, int) or length < 1:
         raise ValueError(f"{config_path} has no valid num_virtual_tokens (got {length!r})")
