@@ -250,3 +250,33 @@ def train_cmd(model_dir, model_path, *extra):
             "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.BATCH_SIZE=8",
             "--gin.EVAL_PERIOD=0", "--gin.ptj.TrainSpec.progress=False", "--gin.ptj.TrainSpec.log_every=5",
             *extra]
+
+
+# --- a (4, 2) mesh against one device ----------------------------------------------------------
+def trained_on_both_meshes(folder, spec, batch, steps: int = 3):
+    """The trainable state after `steps` Adam steps of `spec` (a PromptSpec) on `batch`, objective "lm", once on a
+    (4, 2) mesh of the 8 fake devices and once on one device -> (on the mesh, on one device) as numpy trees."""
+    import jax
+    import optax
+
+    import prompt_tuning_jax as ptj
+    from prompt_tuning_jax import partitioning
+    from prompt_tuning_jax.training.runtime import MeshState
+    from prompt_tuning_jax.training.trainer import Trainer
+
+    results = []
+    for mesh in (partitioning.make_mesh(4, 2), partitioning.make_mesh(devices=jax.devices()[:1])):
+        prompted = spec.build(ptj.from_pretrained(folder), None)
+        trainer = Trainer(MeshState(prompted, mesh, trainable=spec.trainable(prompted)), optax.adam(0.05),
+                          objective="lm", seed=None)
+        for _ in range(steps):
+            trainer.train_step(batch)
+        results.append(jax.tree.map(np.asarray, trainer.trainable))
+    return tuple(results)
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-5):
+    import jax
+
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)

@@ -99,6 +99,27 @@ class Method:
         return {}
 
 
+def trained_model(state, trainable):
+    """The PromptedModel holding the run's trained values, on every process (they are replicated), for export."""
+    import jax
+
+    from prompt_tuning_jax import partitioning
+
+    return state.merge(jax.tree.map(partitioning.host_value, trainable))
+
+
+def write_adapter(model_dir: str, name: str, write, model, base_model: str) -> dict:
+    """`write(folder, model, base_model)` into MODEL_DIR/<name>_adapter on process 0 -> {'<name>_adapter': folder}."""
+    import os
+
+    import jax
+
+    folder = os.path.join(model_dir, f"{name}_adapter")
+    if jax.process_index() == 0:
+        write(folder, model, base_model)
+    return {f"{name}_adapter": folder}
+
+
 _METHODS: dict[str, type[Method]] = {}
 
 

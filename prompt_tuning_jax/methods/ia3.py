@@ -7,11 +7,7 @@ A finished run writes them as a PEFT IA3 adapter to MODEL_DIR/ia3_adapter/ (`pro
 """
 from __future__ import annotations
 
-import os
-
-import jax
-
-from prompt_tuning_jax.methods.base import Method, register_method
+from prompt_tuning_jax.methods.base import Method, register_method, trained_model, write_adapter
 
 
 @register_method
@@ -30,11 +26,6 @@ class IA3(Method):
 
     def export(self, model_dir: str, state, trainable, base_model: str) -> dict:
         """The trained vectors as a PEFT adapter in MODEL_DIR/ia3_adapter (written by process 0)."""
-        from prompt_tuning_jax import partitioning
         from prompt_tuning_jax.prompts.io import export_peft_ia3
 
-        trainable = jax.tree.map(partitioning.host_value, trainable)  # replicated: every process reads them
-        folder = os.path.join(model_dir, "ia3_adapter")
-        if jax.process_index() == 0:
-            export_peft_ia3(folder, state.merge(trainable).model, base_model)
-        return {"ia3_adapter": folder}
+        return write_adapter(model_dir, "ia3", export_peft_ia3, trained_model(state, trainable).model, base_model)

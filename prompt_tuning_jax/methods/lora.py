@@ -5,11 +5,7 @@ every projection); a finished run writes them as a PEFT adapter to MODEL_DIR/lor
 """
 from __future__ import annotations
 
-import os
-
-import jax
-
-from prompt_tuning_jax.methods.base import Method, register_method
+from prompt_tuning_jax.methods.base import Method, register_method, trained_model, write_adapter
 
 
 @register_method
@@ -39,11 +35,6 @@ class LoRA(Method):
 
     def export(self, model_dir: str, state, trainable, base_model: str) -> dict:
         """The trained factors as a PEFT adapter in MODEL_DIR/lora_adapter (written by process 0)."""
-        from prompt_tuning_jax import partitioning
         from prompt_tuning_jax.prompts.io import export_peft_lora
 
-        trainable = jax.tree.map(partitioning.host_value, trainable)  # replicated: every process reads them
-        folder = os.path.join(model_dir, "lora_adapter")
-        if jax.process_index() == 0:
-            export_peft_lora(folder, state.merge(trainable).model, base_model)
-        return {"lora_adapter": folder}
+        return write_adapter(model_dir, "lora", export_peft_lora, trained_model(state, trainable).model, base_model)

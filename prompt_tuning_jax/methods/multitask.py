@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt_tuning_jax.methods.base import HEAD, Method, register_method
+from prompt_tuning_jax.methods.base import HEAD, Method, register_method, trained_model
 from prompt_tuning_jax.variables import Trainable
 
 COMBINES = ("add", "concat", "concat_features", "project", "factorized")
@@ -233,11 +233,9 @@ class MultiTask(Method):
     def export(self, model_dir: str, state, trainable, base_model: str) -> dict:
         """Every task's combined prompt: prompts/prompt_latest.npy [K, P', H] ([P', H] for one task) and
         prompts/task_<k>.npy [P', H] (written by process 0)."""
-        from prompt_tuning_jax import partitioning
         from prompt_tuning_jax.prompts.io import save_prompt
 
-        trainable = jax.tree.map(partitioning.host_value, trainable)  # replicated: every process reads them
-        prompts = np.asarray(state.merge(trainable).prompt_module.all_tasks())  # [K, P', H]
+        prompts = np.asarray(trained_model(state, trainable).prompt_module.all_tasks())  # [K, P', H]
         folder = os.path.join(model_dir, "prompts")
         latest = os.path.join(folder, "prompt_latest.npy")
         paths = [os.path.join(folder, f"task_{k}.npy") for k in range(len(prompts))]

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prompt_tuning_jax.methods.base import HEAD, Method, register_method
+from prompt_tuning_jax.methods.base import HEAD, Method, register_method, trained_model
 from prompt_tuning_jax.variables import Trainable
 
 ENCODERS = ("mlp", "lstm")
@@ -263,11 +263,9 @@ class PTuning(Method):
     def export(self, model_dir: str, state, trainable, base_model: str) -> dict:
         """The encoder's output as prompts/prompt_latest.npy [P, H] and as a PEFT P_TUNING adapter in
         MODEL_DIR/ptuning_adapter (written by process 0)."""
-        from prompt_tuning_jax import partitioning
         from prompt_tuning_jax.prompts.io import save_prompt
 
-        trainable = jax.tree.map(partitioning.host_value, trainable)  # replicated: every process reads them
-        prompted = state.merge(trainable)
+        prompted = trained_model(state, trainable)
         encoder = prompted.prompt_module
         prompt = np.asarray(encoder.encode())[:encoder.length]  # [P, H]
         latest = os.path.join(model_dir, "prompts", "prompt_latest.npy")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import padded_batch, torch_model
+from helpers import assert_trees_close, padded_batch, torch_model, trained_on_both_meshes
 
 import prompt_tuning_jax as ptj
 from prompt_tuning_jax import partitioning
@@ -147,13 +147,4 @@ def _adapter_vectors(model_dir):
 def test_a_model_parallel_mesh_equals_one_device(tiny_gpt2_dir, rng):
     ids, mask = padded_batch(rng, 20, [6, 4, 5, 3, 6, 2, 5, 4], 6)
     batch = _batch(ids, ids[:, :2], mask)
-    spec = PromptSpec(method="ia3")
-    results = []
-    for mesh in (partitioning.make_mesh(4, 2), partitioning.make_mesh(devices=jax.devices()[:1])):
-        prompted = spec.build(ptj.from_pretrained(tiny_gpt2_dir), None)
-        trainer = Trainer(MeshState(prompted, mesh, trainable=spec.trainable(prompted)), optax.adam(0.05),
-                          objective="lm", seed=None)
-        for _ in range(3):
-            trainer.train_step(batch)
-        results.append(jax.tree.map(np.asarray, trainer.trainable))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *results)
+    assert_trees_close(*trained_on_both_meshes(tiny_gpt2_dir, PromptSpec(method="ia3"), batch), atol=1e-6)

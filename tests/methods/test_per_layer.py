@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import padded_batch, torch_model
+from helpers import assert_trees_close, padded_batch, torch_model, trained_on_both_meshes
 
 import prompt_tuning_jax as ptj
 from prompt_tuning_jax import partitioning
@@ -218,16 +218,7 @@ def test_a_run_resumes_exactly_saves_layers_and_evaluates_from_them(tiny_gpt2_di
 def test_a_model_parallel_mesh_equals_one_device(tiny_gpt2_dir, rng):
     ids, mask = padded_batch(rng, 20, [6, 4, 5, 3, 6, 2, 5, 4], 6)
     batch = _lm_batch(ids, ids[:, :2], mask)
-    prompts = []
-    for mesh in (partitioning.make_mesh(4, 2), partitioning.make_mesh(devices=jax.devices()[:1])):
-        spec = _spec("replace", "suffix")
-        prompted = spec.build(ptj.from_pretrained(tiny_gpt2_dir), None)
-        trainer = Trainer(MeshState(prompted, mesh, trainable=spec.trainable(prompted)), optax.adam(0.05),
-                          objective="lm", seed=None)
-        for _ in range(3):
-            trainer.train_step(batch)
-        prompts.append(np.asarray(trainer.prompt))
-    np.testing.assert_allclose(prompts[0], prompts[1], rtol=1e-5, atol=1e-5)
+    assert_trees_close(*trained_on_both_meshes(tiny_gpt2_dir, _spec("replace", "suffix"), batch))
 
 
 @pytest.mark.parametrize("kw,message", [

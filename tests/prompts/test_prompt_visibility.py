@@ -1,19 +1,14 @@
 """PROMPT_VISIBILITY (the original's extended masks) in the models: T5's encoder and GPT-2 attend as
 `models.visibility.allowed_mask` says, against transformers given that mask; the defaults written out
 change no number; decoding keeps the rules; a setting trains on a (4, 2) mesh as on one device."""
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from helpers import padded_batch, tiny_model, torch_model
+from helpers import assert_trees_close, padded_batch, tiny_model, torch_model, trained_on_both_meshes
 
 import prompt_tuning_jax as ptj
-from prompt_tuning_jax import partitioning
 from prompt_tuning_jax.experiments import PromptSpec
 from prompt_tuning_jax.models import visibility as V
-from prompt_tuning_jax.training.runtime import MeshState
-from prompt_tuning_jax.training.trainer import Trainer
 
 P = 3
 DEFAULTS = {"gpt2": ["prompt->prompt;causal", "prompt->input"], "t5": ["prompt->prompt", "prompt->input"]}
@@ -118,15 +113,7 @@ def test_a_model_parallel_mesh_equals_one_device(tiny_gpt2_dir, rng):
     batch = {"input_ids": ids, "attention_mask": mask, "target_ids": ids[:, :2], "target_mask": np.ones((8, 2), np.int32),
              "label": np.zeros(8, np.int32), "weight": np.ones(8, np.float32)}
     spec = PromptSpec(length=P, init="random_uniform", placement="suffix", visibility=["prompt->prompt"])
-    prompts = []
-    for mesh in (partitioning.make_mesh(4, 2), partitioning.make_mesh(devices=jax.devices()[:1])):
-        prompted = spec.build(ptj.from_pretrained(tiny_gpt2_dir), None)
-        trainer = Trainer(MeshState(prompted, mesh, trainable=spec.trainable(prompted)), optax.adam(0.05),
-                          objective="lm", seed=None)
-        for _ in range(3):
-            trainer.train_step(batch)
-        prompts.append(np.asarray(trainer.prompt))
-    np.testing.assert_allclose(prompts[0], prompts[1], rtol=1e-5, atol=1e-5)
+    assert_trees_close(*trained_on_both_meshes(tiny_gpt2_dir, spec, batch))
 
 
 @pytest.mark.parametrize("kw,message", [
