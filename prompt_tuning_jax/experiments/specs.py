@@ -168,7 +168,8 @@ class PromptSpec:
     multitask_factors ('factorized': each mixture task's [first, second] factor, e.g. [language, task]);
     multitask_task (evaluate or infer task k of a K-task run: every row gets task k's prompt; with num_tasks=K).
     adapter: INITIAL_ADAPTER, a PEFT adapter folder whose values start what METHOD trains (a PROMPT_TUNING
-    adapter for 'prompt' / 'wayward', LORA for 'lora:R', IA3 for 'ia3'; `Method.load_adapter`).
+    adapter for 'prompt' / 'wayward', LORA for 'lora:R', IA3 for 'ia3', MULTITASK_PROMPT_TUNING for 'mpt';
+    `Method.load_adapter`).
     per_layer_combine: METHOD 'per_layer' (the original's extended per-layer prompts, `methods/per_layer.py`),
     a [P, H] prompt at the input of every block, [L, P, H]: 'replace' (the block's input at the prompt's
     positions) or 'add' (added to it).
@@ -181,6 +182,10 @@ class PromptSpec:
     ptuning_encoder 'mlp' (PEFT's default) | 'lstm' (a bidirectional LSTM, then an MLP; the paper's);
     ptuning_hidden (PEFT's encoder_hidden_size, None: the model's width); ptuning_num_layers (the LSTM's
     layers, PEFT's encoder_num_layers, 2); ptuning_dropout (PEFT's encoder_dropout: only 0.0 is supported).
+    mpt_*: METHOD 'mpt' (multitask prompt tuning, Wang et al., 2023, as PEFT's MultitaskPromptTuningConfig,
+    `methods/mpt.py`), task k's prompt = shared [P, H] * (cols[k] [P, r] @ rows[k] [r, H]): mpt_rank (r, PEFT's
+    num_ranks, 1); mpt_task (evaluate or infer task k of a K-task run: every row gets task k's prompt; with
+    num_tasks=K).
     """
 
     length: int = 100
@@ -217,6 +222,8 @@ class PromptSpec:
     ptuning_hidden: int | None = None
     ptuning_num_layers: int = 2
     ptuning_dropout: float = 0.0
+    mpt_rank: int = 1
+    mpt_task: int | None = None
 
     def __post_init__(self):
         check_count(self.length, "PROMPT_LENGTH")

@@ -233,14 +233,19 @@ class MultiTask(Method):
     def export(self, model_dir: str, state, trainable, base_model: str) -> dict:
         """Every task's combined prompt: prompts/prompt_latest.npy [K, P', H] ([P', H] for one task) and
         prompts/task_<k>.npy [P', H] (written by process 0)."""
-        from prompt_tuning_jax.prompts.io import save_prompt
+        return write_task_prompts(model_dir, np.asarray(trained_model(state, trainable).prompt_module.all_tasks()))
 
-        prompts = np.asarray(trained_model(state, trainable).prompt_module.all_tasks())  # [K, P', H]
-        folder = os.path.join(model_dir, "prompts")
-        latest = os.path.join(folder, "prompt_latest.npy")
-        paths = [os.path.join(folder, f"task_{k}.npy") for k in range(len(prompts))]
-        if jax.process_index() == 0:
-            save_prompt(latest, prompts if len(prompts) > 1 else prompts[0])
-            for path, prompt in zip(paths, prompts):
-                save_prompt(path, prompt)
-        return {"prompt_file": latest, "task_prompt_files": paths, "prompt": prompts}
+
+def write_task_prompts(model_dir: str, prompts: np.ndarray) -> dict:
+    """Every task's prompt [K, P', H] as prompts/prompt_latest.npy ([P', H] for one task) and prompts/task_<k>.npy
+    (written by process 0) -> summary entries."""
+    from prompt_tuning_jax.prompts.io import save_prompt
+
+    folder = os.path.join(model_dir, "prompts")
+    latest = os.path.join(folder, "prompt_latest.npy")
+    paths = [os.path.join(folder, f"task_{k}.npy") for k in range(len(prompts))]
+    if jax.process_index() == 0:
+        save_prompt(latest, prompts if len(prompts) > 1 else prompts[0])
+        for path, prompt in zip(paths, prompts):
+            save_prompt(path, prompt)
+    return {"prompt_file": latest, "task_prompt_files": paths, "prompt": prompts}

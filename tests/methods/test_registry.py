@@ -51,7 +51,7 @@ def with_norms(monkeypatch):
 
 def test_methods_are_registered_in_order_and_parsed():
     assert list(methods.registered()) == ["prompt", "probe", "full", "first", "last", "middle", "lora", "icl",
-                                          "wayward", "multitask", "per_layer", "ptuning", "ia3"]
+                                          "wayward", "multitask", "per_layer", "ptuning", "ia3", "mpt"]
     middle = methods.get_method("middle:3")
     assert type(middle).__name__ == "MiddleBlocks" and middle.n == 3 and str(middle) == "middle:3"
     assert methods.get_method("icl:0").demonstrations == 0 and not methods.get_method("icl:0").trains

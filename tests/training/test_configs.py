@@ -71,7 +71,7 @@ def test_there_are_configs_of_every_kind():
     assert len(MODELS) >= 25 and RUNTIME
     assert {pathlib.PurePath(p).stem for p in PROMPTS} == {
         "random", "from_class_labels", "from_class_labels_numpy", "from_file", "from_sampled_vocab",
-        "from_sampled_vocab_numpy", "from_string", "wayward", "multitask", "per_layer", "ptuning"}
+        "from_sampled_vocab_numpy", "from_string", "wayward", "multitask", "per_layer", "ptuning", "mpt"}
     assert set(FAMILIES) == set(HUB_IDS) == {"gpt2", "t5", "t5_1_1", "t5_1_1_lm100k", "flan_t5", "mt5"}
     assert {f"models/sizes/{s}.gin" for sizes in HUB_IDS.values() for s in sizes} == set(SIZES)
     assert {pathlib.PurePath(p).name for p in RUNS} == {"prompt_finetune.gin", "prompt_eval.gin",
