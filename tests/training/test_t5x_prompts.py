@@ -54,7 +54,7 @@ def test_prompt_file_takes_a_t5x_checkpoint_and_a_variable(checkpoints):
     np.testing.assert_array_equal(np.asarray(init(None, (4, 8))), prompt)
     # any variable by the original's path (target/ optional), as t5x_load read it; it must be [P, H]
     with pytest.raises(ValueError, match=r"checkpoint_1100300 target/encoder/encoder_norm/scale holds an array of "
-                                         r"shape \(8,\); expected a \[P, H\] prompt"):
+                                         r"shape \(8,\); expected a \[P, H\] \(or \[L, P, H\] layer prompts\) prompt"):
         PromptSpec(length=2, init="file", file=str(tuned), file_variable="encoder/encoder_norm/scale").initializer(
             model, None)
     with pytest.raises(ValueError, match=r"no variable 'target/encoder/prompt/prompt/prompt'"):
