@@ -51,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 from prompt_tuning_jax.methods.base import HEAD, Method, register_method, trained_model, write_adapter
+from prompt_tuning_jax.methods.multitask import check_task_pick, refuse_task_pick
 from prompt_tuning_jax.variables import Trainable
 
 PEFT_TYPE = "MULTITASK_PROMPT_TUNING"
@@ -172,14 +173,10 @@ class MultitaskPromptTuningMethod(Method):
         task = spec.mpt_task
         if task is not None:
             _check_int(task, "MPT_TASK (None: each row's own task)", 0)
-            if isinstance(spec.num_tasks, int) and task >= spec.num_tasks:
-                raise ValueError(f"MPT_TASK={task} picks a task of a run with more tasks than num_tasks="
-                                 f"{spec.num_tasks}: set ptj.PromptSpec.num_tasks to the run's number of tasks K")
+        check_task_pick("MPT_TASK", task, spec.num_tasks)
 
     def check_training(self, spec) -> None:
-        if spec.mpt_task is not None:
-            raise ValueError(f"MPT_TASK={spec.mpt_task} gives every row one task's prompt, for evaluating or "
-                             "inferring task k; a training run trains every task of its mixture: drop MPT_TASK")
+        refuse_task_pick("MPT_TASK", spec.mpt_task)
 
     def prompt_module(self, spec, model, init, num_tasks: int) -> MultitaskPromptTuning:
         """The shared prompt from PROMPT_INIT and K task matrices of rank MPT_RANK (module docstring)."""

@@ -159,6 +159,20 @@ def parameter_count(combine: str, num_tasks: int, length: int, hidden: int, task
             "project": length * s + num_tasks * (hidden * s + hidden)}[combine]
 
 
+def check_task_pick(name: str, task, num_tasks) -> None:
+    """A setting that gives every row task `task`'s prompt (MULTITASK_TASK, MPT_TASK) must name one of the run's tasks."""
+    if task is not None and isinstance(num_tasks, int) and task >= num_tasks:
+        raise ValueError(f"{name}={task} picks a task of a run with more tasks than num_tasks={num_tasks}: set "
+                         "ptj.PromptSpec.num_tasks to the run's number of tasks K")
+
+
+def refuse_task_pick(name: str, task) -> None:
+    """Training refuses such a setting: a training run trains every task of its mixture."""
+    if task is not None:
+        raise ValueError(f"{name}={task} gives every row one task's prompt, for evaluating or inferring task k; a "
+                         f"training run trains every task of its mixture: drop {name}")
+
+
 def _check_count(value, name: str, minimum: int = 1) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum):
         raise ValueError(f"{name} must be an integer >= {minimum} or None, got {value!r}")
@@ -196,15 +210,10 @@ class MultiTask(Method):
                                  f"it: use {' or '.join(map(repr, users))}, or drop {field.upper()}")
         if combine == "factorized":
             _check_factors(spec.multitask_factors)
-        task = spec.multitask_task
-        if task is not None and isinstance(spec.num_tasks, int) and task >= spec.num_tasks:
-            raise ValueError(f"MULTITASK_TASK={task} picks a task of a run with more tasks than num_tasks="
-                             f"{spec.num_tasks}: set ptj.PromptSpec.num_tasks to the run's number of tasks K")
+        check_task_pick("MULTITASK_TASK", spec.multitask_task, spec.num_tasks)
 
     def check_training(self, spec) -> None:
-        if spec.multitask_task is not None:
-            raise ValueError(f"MULTITASK_TASK={spec.multitask_task} gives every row one task's prompt, for evaluating "
-                             "or inferring task k; a training run trains every task of its mixture: drop MULTITASK_TASK")
+        refuse_task_pick("MULTITASK_TASK", spec.multitask_task)
 
     def prompt_module(self, spec, model, init, num_tasks: int) -> MultiTaskPrompt:
         """The shared and per-task parts for `num_tasks` tasks, started from PROMPT_INIT (module docstring)."""
