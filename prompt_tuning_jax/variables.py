@@ -20,3 +20,8 @@ class LoRAParam(Trainable):
 
 class IA3Param(Trainable):
     """An IA3 scaling vector (`models/ia3.py`): trained under METHOD 'ia3', absent otherwise."""
+
+
+class PrefixParam(Trainable):
+    """Prefix keys and values, or the embedding and MLP making them (`models/prefix.py`): trained under METHOD
+    'prefix:P', absent otherwise."""

@@ -91,6 +91,21 @@ def test_per_layer_prompts_with_a_visibility_setting_compile_for_v5litepod_4():
     assert plan.programs["eval_step"].trainable == 8 * 20 * 512 * 4  # 8 encoder blocks x P x H, float32
 
 
+def test_prefix_tuning_with_a_projection_compiles_for_v5litepod_4():
+    """METHOD 'prefix:P' with PREFIX_PROJECTION on T5's decoder (6 heads over the model axis of 2, d_model 512 !=
+    heads x d_kv 384): the three programs compile, decoding included, and train the embedding and the MLP."""
+    from prompt_tuning_jax.experiments import DataSpec, ModelSpec, PromptSpec, planning
+
+    run = planning.Run("train", ModelSpec("google/t5-small-lm-adapt", dtype="bfloat16", dropout_rate=0.0),
+                       PromptSpec(method="prefix:16", prefix_projection=64),
+                       DataSpec(None, {"inputs": 64, "targets": 4}, batch_size=8))
+    spec = topologies.accelerator("v5litepod-4")
+    plan = planning.compile_run(run, topologies.target_devices(spec), spec.hbm_bytes, (2, 2))
+    assert plan.fits and list(plan.programs) == ["train_step", "eval_step", "decode"]
+    width = 8 * 2 * 6 * 64  # L x 2 x N x D
+    assert plan.programs["eval_step"].trainable == 4 * (16 * 384 + 384 * 64 + 64 + 64 * width + width)
+
+
 @pytest.mark.parametrize("vocab, batch, says, advice", [
     # 4.5B float32 parameters: 17.5 GiB of weights on a 16 GiB v5e chip; refused before compiling
     (1_100_000, 4, "the frozen weights alone take 17.5 GiB (so it was not compiled) but a chip has 16.0 GiB",

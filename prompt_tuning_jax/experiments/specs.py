@@ -186,6 +186,9 @@ class PromptSpec:
     `methods/mpt.py`), task k's prompt = shared [P, H] * (cols[k] [P, r] @ rows[k] [r, H]): mpt_rank (r, PEFT's
     num_ranks, 1); mpt_task (evaluate or infer task k of a K-task run: every row gets task k's prompt; with
     num_tasks=K).
+    prefix_projection: METHOD 'prefix:P' (prefix tuning, PEFT's PrefixTuningConfig, `models/prefix.py`): None (the
+    default, PEFT's): the keys and values train directly; H': an embedding [P, H] and an MLP H -> H' -> keys and
+    values make them in training (PEFT's prefix_projection with encoder_hidden_size H'), folded away when saved.
     """
 
     length: int = 100
@@ -224,6 +227,7 @@ class PromptSpec:
     ptuning_dropout: float = 0.0
     mpt_rank: int = 1
     mpt_task: int | None = None
+    prefix_projection: int | None = None
 
     def __post_init__(self):
         check_count(self.length, "PROMPT_LENGTH")

@@ -57,6 +57,22 @@ def padding_bias(attention_mask: jax.Array | None, length: int) -> jax.Array:
     return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, MASK_VALUE).astype(jnp.float32)
 
 
+def prefix_mask(attention_mask: jax.Array | None, p: int) -> jax.Array | None:
+    """[B, T] mask -> [B, P + T] with P real positions before it (a prefix's keys); as given when P = 0 or None."""
+    if attention_mask is None or p == 0:
+        return attention_mask
+    return jnp.concatenate([jnp.ones((attention_mask.shape[0], p), attention_mask.dtype), attention_mask], axis=1)
+
+
+def with_prefix(prefix, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """k, v [B, T, N, D] after a prefix's (k, v) [1|B, P, N, D] every row attends to -> [B, P + T, N, D] each;
+    k, v as given without a prefix (None)."""
+    if prefix is None:
+        return k, v
+    return tuple(jnp.concatenate([jnp.broadcast_to(c, (y.shape[0], *c.shape[1:])).astype(y.dtype), y], axis=1)
+                 for c, y in zip(prefix, (k, v)))
+
+
 def causal_bias(q_len: int, k_len: int, offset: int | jax.Array = 0) -> jax.Array:
     """Additive causal bias [1, 1, Tq, Tk]: query i (at absolute position offset + i) sees keys <= it."""
     q = jnp.arange(q_len)[:, None] + offset

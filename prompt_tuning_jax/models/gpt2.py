@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from prompt_tuning_jax.models import base, common
+from prompt_tuning_jax.models import prefix as prefix_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,27 +196,27 @@ class Attention(nnx.Module):
         """x [B, T, H], bias [B|1, 1, T, P+T] -> [B, T, H]; per-row dropout `keys` [B] or None.
 
         prefix: None, or the (k, v) [1, P, N, D] of P positions before x that every row
-        attends to (a shared prefix prompt, `GPT2.shared_prefix_target_logits`).
+        attends to (a shared prefix prompt, `GPT2.shared_prefix_target_logits`; prefix tuning, `models/prefix.py`).
         Dropout: attn_pdrop on the attention probabilities, resid_pdrop after c_proj.
         """
         b, t, h = x.shape
         q, k, v = self._qkv(x)
-        if prefix is not None:
-            k, v = (jnp.concatenate([jnp.broadcast_to(c, (b, *c.shape[1:])).astype(y.dtype), y], axis=1)
-                    for c, y in zip(prefix, (k, v)))
+        k, v = common.with_prefix(prefix, k, v)
         out = common.attend(q, k, v, bias, self.scale, self.attn_pdrop, common.fold(keys, 0), self.attention)
         return common.dropout(self.c_proj(out.reshape(b, t, h)), self.resid_pdrop, common.fold(keys, 1))
 
-    def cached(self, x: jax.Array, bias: jax.Array, cache, index):
-        """x [B, T, H], bias [B|1, 1, T, M], cache (k, v) [B, M, N, D] -> ([B, T, H], updated cache).
+    def cached(self, x: jax.Array, bias: jax.Array, cache, index, prefix=None):
+        """x [B, T, H], bias [B|1, 1, T, P+M], cache (k, v) [B, M, N, D] -> ([B, T, H], updated cache).
 
-        The new keys and values go to slots index..index+T-1; queries attend over all M slots.
+        The new keys and values go to slots index..index+T-1; queries attend over all M slots, after the P
+        positions of `prefix` ((k, v) [1, P, N, D], held once for the batch and never written to the cache).
         """
         b, t, h = x.shape
         q, k, v = self._qkv(x)
         k_all, v_all = (jax.lax.dynamic_update_slice(c, y.astype(c.dtype), (0, index, 0, 0))
                         for c, y in zip(cache, (k, v)))
-        out = common.attend(q, k_all, v_all, bias, self.scale, implementation=self.attention)
+        keys, values = common.with_prefix(prefix, k_all, v_all)
+        out = common.attend(q, keys, values, bias, self.scale, implementation=self.attention)
         return self.c_proj(out.reshape(b, t, h)), (k_all, v_all)
 
 
@@ -248,9 +249,9 @@ class Block(nnx.Module):
         with jax.named_scope("mlp"):
             return x + self.mlp(self.ln_2(x), common.fold(keys, 1))
 
-    def cached(self, x, bias, cache, index):
+    def cached(self, x, bias, cache, index, prefix=None):
         with jax.named_scope("attention"):
-            a, cache = self.attn.cached(self.ln_1(x), bias, cache, index)
+            a, cache = self.attn.cached(self.ln_1(x), bias, cache, index, prefix)
             x = x + a
         with jax.named_scope("mlp"):
             return x + self.mlp(self.ln_2(x)), cache
@@ -276,11 +277,29 @@ class GPT2(nnx.Module):
         self.wpe = Embedding(config.n_positions, config.n_embd, ("positions", "embed"), stddev=std, **kw)
         self.h = nnx.List([Block(config, i, **kw) for i in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon, param_dtype=param_dtype)
+        self.prefix = None  # trained keys and values before every block's own (METHOD 'prefix:P', models/prefix.py)
 
     # --- the seam (models/base.py) ---------------------------------------------
     target_prefix = " "  # targets continue the input text
     peft_task_type = "CAUSAL_LM"  # PEFT's task_type for adapters of this family (models/lora.py)
     ia3_targets = {"c_attn": False, "mlp.c_proj": True}  # PEFT's IA3 targets: name -> feed-forward (models/ia3.py)
+
+    def prefix_dims(self) -> tuple[int, int, int]:
+        """(rows L, heads N, head size D) of a prefix table (models/prefix.py): PEFT's num_layers, heads, token_dim / N."""
+        return self.config.n_layer, self.config.n_head, self.config.n_embd // self.config.n_head
+
+    def prefix_rows(self) -> list[int]:
+        """The prefix table's row each block's attention reads: block i, row i."""
+        return list(range(self.config.n_layer))
+
+    def _prefix_kv(self) -> list:
+        """Each block's prefix (k, v) [1, P, N, D] in the compute dtype, or None per block without a prefix."""
+        return prefix_lib.layer_kv(None if self.prefix is None else self.prefix(), self.prefix_rows(), self.dtype)
+
+    @property
+    def prefix_length(self) -> int:
+        """P, the prefix's positions before every input (0 without one)."""
+        return 0 if self.prefix is None else self.prefix.length
 
     @property
     def embedding_table(self) -> jax.Array:
@@ -303,21 +322,23 @@ class GPT2(nnx.Module):
         prompt_site: where the prompt sits (`common.PromptSite`: a prompt for every block, its visibility), or None.
         """
         b, t = inputs_embeds.shape[:2]
-        if t > self.config.n_positions:
-            raise ValueError(f"sequence length {t} exceeds GPT-2's n_positions {self.config.n_positions}")
+        p = self.prefix_length
+        if p + t > self.config.n_positions:
+            raise ValueError(f"sequence length {t}{f' after a prefix of {p}' if p else ''} exceeds GPT-2's "
+                             f"n_positions {self.config.n_positions}")
         if position_ids is None:
             position_ids = (jnp.arange(t)[None] if attention_mask is None
                             else common.positions_from_mask(attention_mask))
         keys = common.row_keys(dropout_rng, b) if self.config.has_dropout else None
-        x = inputs_embeds.astype(self.dtype) + self.wpe(position_ids)
+        x = inputs_embeds.astype(self.dtype) + self.wpe(p + position_ids)  # after a prefix's P positions
         x = common.dropout(x, self.config.embd_pdrop, common.fold(keys, 0))
         slots = None if prompt_site is None else prompt_site.slots(attention_mask)
-        bias = (common.causal_bias(t, t) + common.padding_bias(attention_mask, t)
+        bias = (common.causal_bias(t, p + t, offset=p) + common.padding_bias(common.prefix_mask(attention_mask, p), p + t)
                 + common.visibility_bias(prompt_site, attention_mask, slots, causal=True))
-        for i, block in enumerate(self.h):
+        for i, (block, kv) in enumerate(zip(self.h, self._prefix_kv())):
             block_keys = common.fold(keys, i + 1)
             x = common.block_input(prompt_site, i, x, slots)
-            x = common.run_block(block, self.remat, x, bias, block_keys)
+            x = common.run_block(block, self.remat, x, bias, block_keys, kv)
         return self.ln_f(x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -394,21 +415,22 @@ class GPT2(nnx.Module):
         generation continues right after each row's last real position whatever
         the padding side or prompt placement.
         """
-        s = inputs_embeds.shape[1]
-        if s + max_new_tokens > self.config.n_positions:
-            raise ValueError(f"{s} input positions + max_new_tokens {max_new_tokens} exceed GPT-2's n_positions "
-                             f"{self.config.n_positions}")
+        s, p = inputs_embeds.shape[1], self.prefix_length
+        if p + s + max_new_tokens > self.config.n_positions:
+            raise ValueError(f"{s} input positions + max_new_tokens {max_new_tokens}{f' + a prefix of {p}' if p else ''}"
+                             f" exceed GPT-2's n_positions {self.config.n_positions}")
+        prefix_kv = self._prefix_kv()  # once for the whole decode, shared by every row and step
         hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, max_new_tokens,
-                                                                 prompt_site)
+                                                                 prompt_site, prefix_kv)
 
         def step(cache, tokens, t):
             h, cache = self.forward_cached(self.embed(tokens[:, None]), cache_mask, (next_position + t)[:, None],
-                                           cache, s + t)
+                                           cache, s + t, prefix_kv=prefix_kv)
             return self.logits(h[:, 0]), cache
 
         return self.logits(hidden[:, -1]), cache, step
 
-    def _prefill(self, inputs_embeds, attention_mask, extra: int, prompt_site=None):
+    def _prefill(self, inputs_embeds, attention_mask, extra: int, prompt_site=None, prefix_kv=None):
         """[B, S, H] embeddings into a cache of S + `extra` slots.
 
         -> (hidden [B, S, H], cache, cache_mask [B, S + extra], next_position [B]). The
@@ -423,7 +445,7 @@ class GPT2(nnx.Module):
         positions = common.positions_from_mask(mask)  # as forward_embeddings numbers them
         cache_mask = jnp.concatenate([mask, jnp.ones((b, extra), mask.dtype)], axis=1)  # [B, S + extra]
         cache = self.init_cache(b, mask.shape[1] + extra)
-        hidden, cache = self.forward_cached(embeds, cache_mask, positions, cache, 0, prompt_site)
+        hidden, cache = self.forward_cached(embeds, cache_mask, positions, cache, 0, prompt_site, prefix_kv)
         return hidden, cache, cache_mask, positions[:, -1] + 1
 
     def _cached_target_logits(self, inputs_embeds, attention_mask, target_ids, prompt_site=None):
@@ -435,11 +457,13 @@ class GPT2(nnx.Module):
         """
         (b, s, _), (rb, length) = inputs_embeds.shape, target_ids.shape
         rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
-        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, length - 1, prompt_site)
+        prefix_kv = self._prefix_kv()
+        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, length - 1, prompt_site,
+                                                                 prefix_kv)
         positions = rep(next_position)[:, None] + jnp.arange(length - 1)[None, :]  # [R*B, L-1]
         # The last target token predicts nothing, so it is never run.
         targets, _ = self.forward_cached(self.embed(target_ids[:, :-1]), rep(cache_mask), positions,
-                                         jax.tree.map(rep, cache), s)
+                                         jax.tree.map(rep, cache), s, prefix_kv=prefix_kv)
         return self.logits(jnp.concatenate([rep(hidden[:, -1:]), targets], axis=1))
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
@@ -460,7 +484,7 @@ class GPT2(nnx.Module):
         return tuple((jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.h)
 
     def forward_cached(self, inputs_embeds: jax.Array, cache_mask: jax.Array, position_ids: jax.Array, cache,
-                       index: int | jax.Array, prompt_site: common.PromptSite | None = None):
+                       index: int | jax.Array, prompt_site: common.PromptSite | None = None, prefix_kv=None):
         """Runs T new positions against the cache: -> (hidden [B, T, H], updated cache).
 
         inputs_embeds [B, T, H] sit in cache slots index..index+T-1 (`index` may be
@@ -470,16 +494,21 @@ class GPT2(nnx.Module):
         index 0 and the same positions this equals `forward_embeddings`. Never drops out.
         prompt_site (a prefill only, index 0): the prompt at every block's input and its visibility; the
         steps after it run positions that are not the prompt's, so they never take one.
+        A prefix (METHOD 'prefix:P') is attended to before the cache's slots and is never stored in it; positions
+        continue after its P. prefix_kv: its per-block (k, v) (`_prefix_kv()`, computed once by a caller that
+        runs many steps), else computed here.
         """
-        t, m = inputs_embeds.shape[1], cache_mask.shape[1]
-        x = inputs_embeds.astype(self.dtype) + self.wpe(position_ids)
+        t, m, p = inputs_embeds.shape[1], cache_mask.shape[1], self.prefix_length
+        prefix_kv = self._prefix_kv() if prefix_kv is None else prefix_kv
+        x = inputs_embeds.astype(self.dtype) + self.wpe(p + position_ids)
         slots = None if prompt_site is None else prompt_site.slots(cache_mask[:, :t])
-        bias = (common.causal_bias(t, m, offset=index) + common.padding_bias(cache_mask, m)
+        bias = (common.causal_bias(t, p + m, offset=p + index)
+                + common.padding_bias(common.prefix_mask(cache_mask, p), p + m)
                 + common.visibility_bias(prompt_site, cache_mask[:, :t], slots, causal=True, keys=m))
         new_cache = []
-        for i, (block, layer_cache) in enumerate(zip(self.h, cache)):
+        for i, (block, layer_cache, kv) in enumerate(zip(self.h, cache, prefix_kv)):
             x = common.block_input(prompt_site, i, x, slots)
-            x, layer_cache = block.cached(x, bias, layer_cache, index)
+            x, layer_cache = block.cached(x, bias, layer_cache, index, kv)
             new_cache.append(layer_cache)
         return self.ln_f(x), tuple(new_cache)
 

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from prompt_tuning_jax.models import base, common
+from prompt_tuning_jax.models import prefix as prefix_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,17 +283,20 @@ class LayerSelfAttention(nnx.Module):
         self.layer_norm = LayerNorm(config.d_model, config.layer_norm_epsilon, param_dtype=param_dtype)
         self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, bias, keys=None):
+    def __call__(self, x, bias, keys=None, prefix=None):
+        """prefix: None, or (k, v) [1, P, N, D] attended to before x's own (prefix tuning, models/prefix.py)."""
         h = self.layer_norm(x)
-        out = self.SelfAttention(h, h, bias, common.fold(keys, 0))
+        k, v = common.with_prefix(prefix, *self.SelfAttention.project_kv(h))
+        out = self.SelfAttention.attend_to(h, k, v, bias, common.fold(keys, 0))
         return x + common.dropout(out, self.dropout_rate, common.fold(keys, 1))
 
-    def cached(self, x, bias, cache, index):
-        """x [B, T, d]; cache (k, v) [B, M, N, D] gets this step's keys and values at slot `index`."""
+    def cached(self, x, bias, cache, index, prefix=None):
+        """x [B, T, d]; cache (k, v) [B, M, N, D] gets this step's keys and values at slot `index`; a
+        prefix's (k, v) [1, P, N, D] are attended to before the cache's slots, never stored in it."""
         h = self.layer_norm(x)
         k_all, v_all = (jax.lax.dynamic_update_slice(c, y.astype(c.dtype), (0, index, 0, 0))
                         for c, y in zip(cache, self.SelfAttention.project_kv(h)))
-        return x + self.SelfAttention.attend_to(h, k_all, v_all, bias), (k_all, v_all)
+        return x + self.SelfAttention.attend_to(h, *common.with_prefix(prefix, k_all, v_all), bias), (k_all, v_all)
 
 
 class LayerCrossAttention(nnx.Module):
@@ -365,18 +369,18 @@ class Block(nnx.Module):
         self.layer = nnx.List(layers)
         self.is_decoder = is_decoder
 
-    def __call__(self, x, bias, encoder_hidden=None, cross_bias=None, keys=None):
+    def __call__(self, x, bias, encoder_hidden=None, cross_bias=None, keys=None, prefix=None):
         with jax.named_scope("attention"):  # scopes name the HLO ops for profiles (benchmarks/profile_step.py)
-            x = self.layer[0](x, bias, common.fold(keys, 0))
+            x = self.layer[0](x, bias, common.fold(keys, 0), prefix)
             if self.is_decoder:
                 x = self.layer[1](x, encoder_hidden, cross_bias, common.fold(keys, 1))
         with jax.named_scope("mlp"):
             return self.layer[-1](x, common.fold(keys, 2))
 
-    def cached(self, x, bias, self_kv, cross_kv, cross_bias, index):
+    def cached(self, x, bias, self_kv, cross_kv, cross_bias, index, prefix=None):
         """Decoder block on new positions: -> (x, updated self-attention cache)."""
         with jax.named_scope("attention"):
-            x, self_kv = self.layer[0].cached(x, bias, self_kv, index)
+            x, self_kv = self.layer[0].cached(x, bias, self_kv, index, prefix)
             x = self.layer[1].cached(x, cross_kv, cross_bias)
         with jax.named_scope("mlp"):
             return self.layer[-1](x), self_kv
@@ -396,39 +400,47 @@ class Stack(nnx.Module):
         self.max_distance = config.relative_attention_max_distance
         self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, attention_mask=None, encoder_hidden=None, encoder_mask=None, keys=None, prompt_site=None):
+    def __call__(self, x, attention_mask=None, encoder_hidden=None, encoder_mask=None, keys=None, prompt_site=None,
+                 prefix_kv=None):
         """x [B, T, d] embeddings -> [B, T, d]; decoder: causal + cross-attention to encoder_hidden [B, S, d].
 
         keys: per-row dropout keys [B] or None (dropout on the embeddings, in the blocks,
         and after the final layer norm). prompt_site (the encoder): a prompt at every block's input, its visibility.
+        prefix_kv: per block, None or the (k, v) [1, P, N, D] its self-attention sees first (the decoder's
+        prefix, models/prefix.py); x's positions then continue after the prefix's P.
         """
         t = x.shape[1]
+        prefix_kv = [None] * len(self.block) if prefix_kv is None else prefix_kv
+        p = 0 if prefix_kv[0] is None else prefix_kv[0][0].shape[1]
         x = common.dropout(x, self.dropout_rate, common.fold(keys, 0))
         rel = self.block[0].layer[0].SelfAttention
-        bias = rel.position_bias(t, t, not self.is_decoder, self.buckets, self.max_distance)
+        bias = rel.position_bias(t, p + t, not self.is_decoder, self.buckets, self.max_distance, q_offset=p)
         slots = None if prompt_site is None else prompt_site.slots(attention_mask)
-        bias = (bias + common.padding_bias(attention_mask, t)
+        bias = (bias + common.padding_bias(common.prefix_mask(attention_mask, p), p + t)
                 + common.visibility_bias(prompt_site, attention_mask, slots, causal=False))
         cross_bias = None
         if self.is_decoder:
-            bias = bias + common.causal_bias(t, t)
+            bias = bias + common.causal_bias(t, p + t, offset=p)
             cross_bias = common.padding_bias(encoder_mask, encoder_hidden.shape[1])
-        for i, block in enumerate(self.block):
+        for i, (block, kv) in enumerate(zip(self.block, prefix_kv)):
             block_keys = common.fold(keys, i + 2)
             x = common.block_input(prompt_site, i, x, slots)
-            x = common.run_block(block, self.remat, x, bias, encoder_hidden, cross_bias, block_keys)
+            x = common.run_block(block, self.remat, x, bias, encoder_hidden, cross_bias, block_keys, kv)
         return common.dropout(self.final_layer_norm(x), self.dropout_rate, common.fold(keys, 1))
 
-    def cached(self, x, cache, index, encoder_mask=None):
-        """Decoder only: x [B, T, d] at positions index..index+T-1 -> ([B, T, d], updated cache)."""
+    def cached(self, x, cache, index, encoder_mask=None, prefix_kv=None):
+        """Decoder only: x [B, T, d] at positions index..index+T-1 -> ([B, T, d], updated cache).
+        prefix_kv: as in `__call__`, attended to before the cache's slots (positions continue after it)."""
         t, m = x.shape[1], cache["self"][0][0].shape[1]
+        prefix_kv = [None] * len(self.block) if prefix_kv is None else prefix_kv
+        p = 0 if prefix_kv[0] is None else prefix_kv[0][0].shape[1]
         rel = self.block[0].layer[0].SelfAttention
-        bias = rel.position_bias(t, m, False, self.buckets, self.max_distance, q_offset=index)
-        bias = bias + common.causal_bias(t, m, offset=index)
+        bias = rel.position_bias(t, p + m, False, self.buckets, self.max_distance, q_offset=p + index)
+        bias = bias + common.causal_bias(t, p + m, offset=p + index)
         cross_bias = common.padding_bias(encoder_mask, cache["cross"][0][0].shape[1])
         new_self = []
-        for block, self_kv, cross_kv in zip(self.block, cache["self"], cache["cross"]):
-            x, self_kv = block.cached(x, bias, self_kv, cross_kv, cross_bias, index)
+        for block, self_kv, cross_kv, kv in zip(self.block, cache["self"], cache["cross"], prefix_kv):
+            x, self_kv = block.cached(x, bias, self_kv, cross_kv, cross_bias, index, kv)
             new_self.append(self_kv)
         return self.final_layer_norm(x), {"self": tuple(new_self), "cross": cache["cross"]}
 
@@ -447,6 +459,7 @@ class T5(nnx.Module):
                                                    param_dtype, config.initializer_factor))
         self.encoder = Stack(config, False, **kw)
         self.decoder = Stack(config, True, **kw)
+        self.prefix = None  # trained keys and values before the decoder's own (METHOD 'prefix:P', models/prefix.py)
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.d_model, config.vocab_size, ("vocab", "embed"), dtype=dtype,
                                   param_dtype=param_dtype, stddev=config.initializer_factor, rngs=rngs)
@@ -458,6 +471,20 @@ class T5(nnx.Module):
     # the MLP's intermediate activation (the input of wo; PEFT's mT5 default rescales wi_1's output instead, the
     # same product, and loads this adapter as written)
     ia3_targets = {"k": False, "v": False, "wo": True}
+
+    def prefix_dims(self) -> tuple[int, int, int]:
+        """(rows L, heads N, head size D) of a prefix table (models/prefix.py): PEFT's num_layers (the encoder's
+        count, config `num_layers`), heads and head size."""
+        return self.config.num_layers, self.config.num_heads, self.config.d_kv
+
+    def prefix_rows(self) -> list[int]:
+        """The prefix table's row each decoder block's self-attention reads: 2i mod L, as PEFT lays it out for
+        two submodules (models/prefix.py); the encoder and cross-attention get none."""
+        return [(2 * i) % self.config.num_layers for i in range(self.config.n_decoder_layers)]
+
+    def _prefix_kv(self):
+        """Each decoder block's prefix (k, v) [1, P, N, D] in the compute dtype, or None without a prefix."""
+        return None if self.prefix is None else prefix_lib.layer_kv(self.prefix(), self.prefix_rows(), self.dtype)
 
     @property
     def embedding_table(self) -> jax.Array:
@@ -484,7 +511,7 @@ class T5(nnx.Module):
         """Decoder: ids [B, T] attending to encoder_hidden [B, S, d] -> hidden [B, T, d]."""
         keys = self._row_keys(dropout_rng, decoder_input_ids.shape[0])
         return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_hidden, encoder_mask,
-                            keys=keys)
+                            keys=keys, prefix_kv=self._prefix_kv())
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[..., d] -> [..., V] float32, with v1.0's d_model**-0.5 rescale when configured."""
@@ -533,13 +560,15 @@ class T5(nnx.Module):
         encoded = self.encode(inputs_embeds, attention_mask, prompt_site=prompt_site)
         cache = self.init_cache(encoded, max_new_tokens + 1)
         cross = cache["cross"]
+        prefix_kv = self._prefix_kv()  # once for the whole decode, shared by every row and step
 
         def step(self_cache, tokens, t):  # generated token t sits at decoder position t + 1
-            h, c = self.decode_cached(tokens[:, None], {"self": self_cache, "cross": cross}, t + 1, attention_mask)
+            h, c = self.decode_cached(tokens[:, None], {"self": self_cache, "cross": cross}, t + 1, attention_mask,
+                                      prefix_kv)
             return self.logits(h[:, 0]), c["self"]
 
         start = jnp.full((inputs_embeds.shape[0], 1), self.config.decoder_start_token_id, jnp.int32)
-        h, cache = self.decode_cached(start, cache, 0, attention_mask)
+        h, cache = self.decode_cached(start, cache, 0, attention_mask, prefix_kv)
         return self.logits(h[:, 0]), cache["self"], step
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
@@ -565,13 +594,15 @@ class T5(nnx.Module):
         return {"self": self_kv, "cross": cross}
 
     def decode_cached(self, decoder_input_ids: jax.Array, cache: dict, index: int | jax.Array,
-                      encoder_mask: jax.Array | None = None):
+                      encoder_mask: jax.Array | None = None, prefix_kv=None):
         """Decoder ids [B, T] at positions index..index+T-1 (`index` may be traced), attending to the
         cached earlier positions and to the encoder (encoder_mask [B, S]) -> (hidden [B, T, d], cache).
 
-        Same numbers as `decode` on the whole prefix (decoder inputs have no padding here).
+        Same numbers as `decode` on the whole prefix (decoder inputs have no padding here). A prefix
+        (METHOD 'prefix:P') is attended to first: prefix_kv from `_prefix_kv()`, computed here if not given.
         """
-        return self.decoder.cached(self.embed(decoder_input_ids), cache, index, encoder_mask)
+        prefix_kv = self._prefix_kv() if prefix_kv is None else prefix_kv
+        return self.decoder.cached(self.embed(decoder_input_ids), cache, index, encoder_mask, prefix_kv)
 
     # --- checkpoint names ----------------------------------------------------
     def checkpoint_key(self, path: tuple) -> str:

@@ -253,6 +253,49 @@ def export_peft_ia3(folder: str | os.PathLike, model, base_model_name_or_path: s
     return _write_peft(os.fspath(folder), config, tensors)
 
 
+def export_peft_prefix(folder: str | os.PathLike, model, base_model_name_or_path: str | None = None) -> str:
+    """Writes `model`'s prefix (`models.prefix.add_prefix`) as a PEFT prefix-tuning adapter that
+    `PeftModel.from_pretrained(base, folder)` loads: `prompt_embeddings` [P, L * 2 * N * D], the keys and values
+    as PEFT saves them (a projection folded to its output, so `prefix_projection` is false), and
+    `adapter_config.json` (token_dim N * D, which T5 needs where d_model != N * d_kv). Returns the folder."""
+    from prompt_tuning_jax.models.prefix import to_flat
+
+    prefix = getattr(model, "prefix", None)
+    if prefix is None:
+        raise ValueError("this model has no prefix to export (models.prefix.add_prefix first)")
+    layers, _, length, heads, head_dim = prefix.shape
+    config = {"peft_type": "PREFIX_TUNING", "task_type": model.peft_task_type,
+              "base_model_name_or_path": base_model_name_or_path, "num_virtual_tokens": length,
+              "token_dim": heads * head_dim, "num_attention_heads": heads, "num_layers": layers,
+              "num_transformer_submodules": 2 if model.peft_task_type == "SEQ_2_SEQ_LM" else 1,
+              "encoder_hidden_size": heads * head_dim, "prefix_projection": False, "init_weights": None,
+              "inference_mode": True, "modules_to_save": None, "revision": None, "auto_mapping": None}
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        config["peft_version"] = importlib.metadata.version("peft")
+    return _write_peft(os.fspath(folder), config, {"prompt_embeddings": to_flat(prefix())})
+
+
+def import_peft_prefix(model, folder: str | os.PathLike) -> None:
+    """Sets `model`'s prefix (`models.prefix.add_prefix`, without a projection) from a PEFT prefix-tuning
+    adapter: its `prompt_embeddings` [P, L * 2 * N * D] (PEFT saves a projected prefix this way too)."""
+    from prompt_tuning_jax.models.prefix import from_flat
+
+    folder = os.fspath(folder)
+    config, tensors = read_peft_adapter(folder, "PREFIX_TUNING")
+    prefix = getattr(model, "prefix", None)
+    if prefix is None:
+        raise ValueError(f"this model has no prefix to set from {folder} (METHOD 'prefix:P')")
+    if prefix.table is None:
+        raise ValueError(f"PEFT adapter {folder} holds the prefix's keys and values, not the projection that made "
+                         "them: start from it with PREFIX_PROJECTION = None")
+    layers, _, length, heads, head_dim = prefix.shape
+    if config.get("num_virtual_tokens") != length:
+        raise ValueError(f"PEFT adapter {folder} has {config.get('num_virtual_tokens')} virtual tokens; this run's "
+                         f"prefix has {length}: set METHOD 'prefix:{config.get('num_virtual_tokens')}'")
+    _set_from_adapter(folder, tensors, {"prompt_embeddings": (prefix.table, lambda flat: from_flat(
+        flat, prefix.shape) if flat.shape == (length, layers * 2 * heads * head_dim) else flat)})
+
+
 def _check_peft_args(prompt, task_type, prompt_tuning_init, prompt_tuning_init_text, tokenizer_name_or_path,
                      num_transformer_submodules) -> None:
     if prompt.ndim != 2:

@@ -193,6 +193,7 @@ class PromptedModel(nnx.Module):
                 and self.layer_combine is None and self.visibility is None
                 and self.soft_prompt.shape[-2] > 0
                 and hasattr(self.model, "shared_prefix_target_logits")
+                and getattr(self.model, "prefix", None) is None  # a prefix's keys (METHOD 'prefix:P') go first
                 and (dropout_rng is None or not self.model.config.has_dropout))
 
     def _combine(self, input_ids, attention_mask, task_index):
