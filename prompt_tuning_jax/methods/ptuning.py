@@ -19,9 +19,10 @@ input row (one encoder, one task: several tasks are refused).
 
 Defaults are PEFT's ('mlp', h = H, 2 layers, no dropout). The paper's encoder (its code, THUDM/P-tuning)
 is a 2-layer bidirectional LSTM of H/2 a direction and a 2-layer MLP H -> H -> H: PTUNING_ENCODER 'lstm'
-with PTUNING_HIDDEN H/2. PEFT's `encoder_dropout` acts between LSTM layers only; the prompt module gets no
-dropout key from the training step here (`prompts.PromptedModel` calls it with the rows' task_index
-alone), so a nonzero PTUNING_DROPOUT is refused rather than ignored.
+with PTUNING_HIDDEN H/2. PTUNING_DROPOUT (PEFT's `encoder_dropout`) acts where PyTorch's LSTM applies it,
+on every LSTM layer's output but the last, in training only (`prompts.PromptedModel` hands the training
+step's dropout key to a prompt module with a `dropout_rate`); one mask per batch, as PEFT runs the encoder
+once per batch. PEFT's MLP ignores the setting, so with 'mlp' (or a 1-layer LSTM) a nonzero one is refused.
 
 Start: PEFT draws the embedding from N(0, 1) (torch.nn.Embedding); here it is PROMPT_INIT's prompt
 `init(rng, (P, H))` like every method's (for T = 2P, twice), so the prompt at step 0 is the encoder's
@@ -48,6 +49,7 @@ import numpy as np
 from flax import nnx
 
 from prompt_tuning_jax.methods.base import HEAD, Method, register_method, trained_model
+from prompt_tuning_jax.models import common
 from prompt_tuning_jax.variables import Trainable
 
 ENCODERS = ("mlp", "lstm")
@@ -109,13 +111,14 @@ class PromptEncoder(nnx.Module):
     """
 
     def __init__(self, start, *, encoder: str = "mlp", hidden: int | None = None, num_layers: int = MLP_LAYERS,
-                 submodules: int = 1, rngs: nnx.Rngs):
+                 submodules: int = 1, dropout_rate: float = 0.0, rngs: nnx.Rngs):
         if encoder not in ENCODERS:
             raise ValueError(f"PTUNING_ENCODER must be one of {ENCODERS}, got {encoder!r}")
         start = jnp.asarray(start, jnp.float32)
         self.length, width = start.shape  # P, H
         self.encoder_type, self.submodules = encoder, submodules  # PEFT's names
         self.hidden, self.num_layers = hidden or width, num_layers if encoder == "lstm" else MLP_LAYERS
+        self.dropout_rate = dropout_rate  # between LSTM layers in training (PEFT's encoder_dropout)
         hidden = self.hidden
         self.embedding = Trainable(jnp.concatenate([start] * submodules, axis=0))
         if encoder == "lstm":
@@ -128,17 +131,24 @@ class PromptEncoder(nnx.Module):
             sizes = (width, hidden, hidden, width)
         self.mlp_head = nnx.List([Linear(a, b, rngs) for a, b in zip(sizes[:-1], sizes[1:])])
 
-    def encode(self) -> jax.Array:
-        """The encoder's output for every virtual token [T, H] (what PEFT saves as `prompt_embeddings`)."""
+    def encode(self, dropout_rng: jax.Array | None = None) -> jax.Array:
+        """The encoder's output for every virtual token [T, H] (what PEFT saves as `prompt_embeddings`).
+
+        dropout_rng: a key in training: dropout at `dropout_rate` on each LSTM layer's output but the last, as
+        PyTorch's LSTM(dropout=...) in PEFT's encoder; one mask for the batch (the prompt is the same for every
+        row). None: no dropout."""
         x = self.embedding[...]
-        for layer in self.lstm_head or ():
+        layers = list(self.lstm_head or ())
+        for k, layer in enumerate(layers):
             x = jnp.concatenate([direction(x) for direction in layer], axis=-1)  # [T, 2h]
+            if dropout_rng is not None and k < len(layers) - 1:
+                x = common.dropout(x[None], self.dropout_rate, jax.random.fold_in(dropout_rng, k)[None])[0]
         for i, linear in enumerate(self.mlp_head):
             x = linear(x) if i == 0 else linear(jax.nn.relu(x))
         return x
 
-    def __call__(self, task_index) -> jax.Array:
-        prompt = self.encode()[:self.length]  # [P, H]: the rows PEFT puts before the input
+    def __call__(self, task_index, dropout_rng: jax.Array | None = None) -> jax.Array:
+        prompt = self.encode(dropout_rng)[:self.length]  # [P, H]: the rows PEFT puts before the input
         return jnp.broadcast_to(prompt, (jnp.shape(task_index)[0], *prompt.shape))
 
 
@@ -182,7 +192,7 @@ def peft_adapter_config(encoder: PromptEncoder, model, base_model_name_or_path: 
     dims = _model_dims(model.config)
     config = {
         "auto_mapping": None, "base_model_name_or_path": base_model_name_or_path,
-        "encoder_dropout": 0.0, "encoder_hidden_size": encoder.hidden, "encoder_num_layers": encoder.num_layers,
+        "encoder_dropout": encoder.dropout_rate, "encoder_hidden_size": encoder.hidden, "encoder_num_layers": encoder.num_layers,
         "encoder_reparameterization_type": encoder.encoder_type.upper(), "inference_mode": True,
         "modules_to_save": None, "num_attention_heads": dims.get("num_attention_heads"),
         "num_layers": dims.get("num_layers"), "num_transformer_submodules": encoder.submodules,
@@ -229,13 +239,13 @@ class PTuning(Method):
         if encoder == "mlp" and spec.ptuning_num_layers != MLP_LAYERS:
             raise ValueError(f"PTUNING_NUM_LAYERS={spec.ptuning_num_layers} is read by PTUNING_ENCODER 'lstm' only "
                              "(PEFT's MLP always has 3 linear layers and ignores it): use 'lstm', or drop it")
-        dropout = spec.ptuning_dropout
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"PTUNING_DROPOUT must be a number in [0, 1), got {dropout!r}")
-        if dropout:
-            raise ValueError(f"PTUNING_DROPOUT={dropout} is not supported: PEFT drops out between LSTM layers, but "
-                             "the prompt module gets no dropout key from the training step here (and PEFT's MLP "
-                             "ignores it): set PTUNING_DROPOUT = 0.0")
+        rate = spec.ptuning_dropout
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"PTUNING_DROPOUT must be a number in [0, 1), got {rate!r}")
+        if rate and (encoder != "lstm" or spec.ptuning_num_layers < 2):
+            raise ValueError(f"PTUNING_DROPOUT={rate} acts between LSTM layers only (PEFT's encoder_dropout: its MLP "
+                             "ignores it, as does a 1-layer LSTM): use PTUNING_ENCODER 'lstm' with PTUNING_NUM_LAYERS "
+                             ">= 2, or set PTUNING_DROPOUT = 0.0")
         if isinstance(spec.num_tasks, int) and spec.num_tasks > 1:
             raise ValueError(f"METHOD 'ptuning' trains one prompt encoder for one task, but there are "
                              f"{spec.num_tasks} tasks: give one MIXTURE_OR_TASK_NAME, or use METHOD 'multitask'")
@@ -248,7 +258,8 @@ class PTuning(Method):
         start = _resolve_init(init, model)(rngs.params(), (spec.length, model.config.hidden_size))
         submodules = 2 if getattr(model, "peft_task_type", None) == "SEQ_2_SEQ_LM" else 1  # as PEFT counts them
         return PromptEncoder(start, encoder=spec.ptuning_encoder, hidden=spec.ptuning_hidden,
-                             num_layers=spec.ptuning_num_layers, submodules=submodules, rngs=rngs)
+                             num_layers=spec.ptuning_num_layers, submodules=submodules,
+                             dropout_rate=float(spec.ptuning_dropout), rngs=rngs)
 
     def trainable(self, prompted):
         return HEAD  # the encoder and a head (the empty soft prompt is frozen)

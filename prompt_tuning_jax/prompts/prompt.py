@@ -146,8 +146,10 @@ class PromptedModel(nnx.Module):
     def config(self):
         return self.model.config
 
-    def _prompt_for(self, task_index, batch: int) -> jax.Array:
-        """The prompt to insert: [P, H] (one soft prompt), or one per row [B, P', H] by task_index [B]."""
+    def _prompt_for(self, task_index, batch: int, dropout_rng=None) -> jax.Array:
+        """The prompt to insert: [P, H] (one soft prompt), or one per row [B, P', H] by task_index [B].
+        dropout_rng (training): handed to a prompt module with a nonzero `dropout_rate` (P-tuning's LSTM) as
+        one key for the batch."""
         if self.layer_combine is not None:
             return self.soft_prompt[0]
         if self.prompt_module is None and self.num_tasks == 1:
@@ -157,6 +159,8 @@ class PromptedModel(nnx.Module):
                 raise ValueError(f"this model has {self.num_tasks} task prompts: pass task_index [B]")
             task_index = jnp.zeros((batch,), jnp.int32)  # one task
         if self.prompt_module is not None:
+            if dropout_rng is not None and getattr(self.prompt_module, "dropout_rate", 0):
+                return self.prompt_module(jnp.asarray(task_index), dropout_rng=_batch_key(dropout_rng))
             return self.prompt_module(jnp.asarray(task_index))  # [B, P', H]
         return jnp.take(self.soft_prompt[...], jnp.asarray(task_index), axis=0)  # [B, P, H]
 
@@ -185,7 +189,7 @@ class PromptedModel(nnx.Module):
             embeds = self.model.embed(input_ids)
             return self.model.shared_prefix_target_logits(self.prompt.astype(embeds.dtype), embeds, attention_mask,
                                                           target_ids, target_mask)
-        embeds, mask, _, site = self._combine(input_ids, attention_mask, task_index)
+        embeds, mask, _, site = self._combine(input_ids, attention_mask, task_index, dropout_rng)
         return self.model.target_logits(embeds, mask, target_ids, target_mask, dropout_rng=dropout_rng, **site)
 
     def _shares_prefix(self, dropout_rng) -> bool:
@@ -196,13 +200,13 @@ class PromptedModel(nnx.Module):
                 and getattr(self.model, "prefix", None) is None  # a prefix's keys (METHOD 'prefix:P') go first
                 and (dropout_rng is None or not self.model.config.has_dropout))
 
-    def _combine(self, input_ids, attention_mask, task_index):
+    def _combine(self, input_ids, attention_mask, task_index, dropout_rng=None):
         """-> (embeds [B, T+P, H], mask [B, T+P], token positions [B, T], site): `site` holds the keyword
         `prompt_site` (a `models.common.PromptSite`) for the model when there are layer prompts, else nothing."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         at = combine.insert_positions(attention_mask, self.placement, self.before_eos)
-        prompt = self._prompt_for(task_index, input_ids.shape[0])
+        prompt = self._prompt_for(task_index, input_ids.shape[0], dropout_rng)
         embeds, mask, positions = combine.insert(self.model.embed(input_ids), attention_mask, prompt, at)
         site = {}
         if self.layer_combine is not None or self.visibility is not None:
@@ -219,7 +223,7 @@ class PromptedModel(nnx.Module):
 
         dropout_rng: None (no dropout), one key per row [B], or a single key (training only).
         """
-        embeds, mask, positions, site = self._combine(input_ids, attention_mask, task_index)
+        embeds, mask, positions, site = self._combine(input_ids, attention_mask, task_index, dropout_rng)
         hidden, read_mask = self.model.activations(embeds, mask, decoder_input_ids=decoder_input_ids,
                                                    decoder_attention_mask=decoder_attention_mask,
                                                    dropout_rng=dropout_rng, **site)
@@ -228,6 +232,15 @@ class PromptedModel(nnx.Module):
         prediction = self.head(h_last) if self.head is not None else self.model.logits(h_last)
         return PromptOutput(logits=self.model.logits(hidden), attention_mask=mask, token_positions=positions,
                             hidden=h_last, prediction=prediction)
+
+
+def _batch_key(dropout_rng: jax.Array) -> jax.Array:
+    """One typed key for the whole batch from a key or per-row keys [B] (row 0's, folded apart from its own
+    streams): the same on every mesh, as row keys come from global row numbers."""
+    if not jax.dtypes.issubdtype(dropout_rng.dtype, jax.dtypes.prng_key):
+        dropout_rng = jax.random.wrap_key_data(dropout_rng)
+    key = dropout_rng if dropout_rng.ndim == 0 else dropout_rng[0]
+    return jax.random.fold_in(key, 0x70726F6D)  # 'prom'
 
 
 def with_prompt(model, length: int, init=None, placement: str = "prefix", head=None, **kwargs) -> PromptedModel:

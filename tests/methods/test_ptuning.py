@@ -244,7 +244,9 @@ def test_the_gin_file_binds_the_settings():
     (dict(ptuning_hidden=0), "PTUNING_HIDDEN"),
     (dict(ptuning_num_layers=3), "PTUNING_NUM_LAYERS=3 is read by PTUNING_ENCODER 'lstm' only"),
     (dict(ptuning_encoder="lstm", ptuning_num_layers=0), "PTUNING_NUM_LAYERS must be an integer >= 1"),
-    (dict(ptuning_encoder="lstm", ptuning_dropout=0.1), "PTUNING_DROPOUT=0.1 is not supported"),
+    (dict(ptuning_dropout=0.1), "PTUNING_DROPOUT=0.1 acts between LSTM layers only"),
+    (dict(ptuning_encoder="lstm", ptuning_num_layers=1, ptuning_dropout=0.1), "PTUNING_DROPOUT=0.1 acts between"),
+    (dict(ptuning_encoder="lstm", ptuning_dropout=1.0), r"PTUNING_DROPOUT must be a number in \[0, 1\)"),
     (dict(num_tasks=2), "METHOD 'ptuning' trains one prompt encoder for one task, but there are 2 tasks"),
     (dict(method="prompt", ptuning_encoder="lstm"), "PTUNING_ENCODER is set but METHOD is 'prompt'"),
     (dict(method="multitask", ptuning_hidden=8), "PTUNING_HIDDEN is set but METHOD is 'multitask'"),
@@ -252,6 +254,38 @@ def test_the_gin_file_binds_the_settings():
 def test_bad_ptuning_settings(kw, message):
     with pytest.raises(ValueError, match=message):
         PromptSpec(**{"method": "ptuning", **kw})
+
+
+def test_dropout_acts_between_lstm_layers_in_training_only(monkeypatch, tiny_gpt2_dir, rng):
+    """PTUNING_DROPOUT where PyTorch's LSTM(dropout=...) puts it in PEFT's encoder: on each LSTM layer's output but
+    the last, with one mask for the batch, only when the training step gives a dropout key."""
+    from prompt_tuning_jax.models import common
+
+    spec = _spec("lstm", ptuning_num_layers=3, ptuning_dropout=0.5)
+    prompted = spec.build(ptj.from_pretrained(tiny_gpt2_dir), None)
+    encoder = prompted.prompt_module
+    calls, real = [], common.dropout
+
+    def recording(x, rate, keys):  # the encoder's calls: one [1, T, 2h] row (the model's have a row per example)
+        if keys is not None and x.shape[0] == 1:
+            calls.append((x.shape, rate))
+        return real(x, rate, keys)
+
+    monkeypatch.setattr(common, "dropout", recording)
+    plain = np.asarray(encoder.encode())
+    ids, mask = padded_batch(rng, 20, [5, 3], 5)
+    np.testing.assert_array_equal(np.asarray(prompted(ids, mask).prediction),
+                                  np.asarray(prompted(ids, mask).prediction))  # no key, no dropout
+    assert calls == []
+    a, b, c = (np.asarray(encoder.encode(jax.random.key(seed))) for seed in (0, 0, 1))
+    assert calls == [((1, P, 2 * HIDDEN), 0.5)] * 2 * 3  # layers 0 and 1 of 3, per call
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c) and not np.allclose(a, plain)
+    calls.clear()
+    trained = prompted(ids, mask, dropout_rng=jax.random.key(0)).prediction  # the training path hands it a key
+    assert len(calls) == 2 and not np.allclose(np.asarray(trained), np.asarray(prompted(ids, mask).prediction))
+    config = ptuning.peft_adapter_config(encoder, prompted.model, None)
+    assert config["encoder_dropout"] == 0.5
 
 
 def test_a_peft_encoder_of_another_shape_is_refused(tiny_gpt2_dir):
