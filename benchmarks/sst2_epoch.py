@@ -1,8 +1,9 @@
-"""SST-2 prompt tuning end to end: training and rank-classification eval throughput, ours vs PEFT.
+"""SST-2 prompt tuning (and prefix tuning) end to end: training and rank-classification eval throughput, ours vs PEFT.
 
     python benchmarks/sst2_epoch.py [--model gpt2] [--n_layer N] [--batch_size 16] [--prompt_length 20]
                                     [--steps 50] [--warmup 2] [--rounds 1] [--eval_examples 872]
                                     [--skip_eval] [--sides ours,ours_grouped,peft_a,peft_b]
+    python benchmarks/sst2_epoch.py --sides ours,ours_prefix,peft_a,peft_prefix ...   # prefix tuning beside
 
 Builds a random-weight GPT-2 of the named size (`--n_layer` keeps the width and the
 real 50,257-token vocabulary but fewer layers) with transformers, then trains a
@@ -26,6 +27,31 @@ validation set by rank classification, on every side in its own child process
     peft_b        the same with transformers' `LengthGroupedSampler` (what `group_by_length=True`
                   makes: megabatches of 50 x batch sorted by length, the longest batch first),
                   for training and, as the HF Trainer does, for eval.
+
+Prefix tuning (Li & Liang, 2021), only when `--sides` names them (the default is the four above):
+
+    ours_prefix   `ours` with METHOD 'prefix:P' (`PromptSpec(method="prefix:P")`, P = `--prompt_length`):
+                  no prompt in the input; a trainable table [L, 2, P, N, D] of keys and values
+                  (`model.prefix`, `models/prefix.py`) that every row's self-attention sees before
+                  its own, in every layer; what trains is the method's `spec.trainable(prompted)`
+                  (the table). Same loader, Trainer, objective and `TaskScorer` as `ours`.
+    peft_prefix   `get_peft_model(GPT2LMHeadModel, PrefixTuningConfig(task_type="CAUSAL_LM",
+                  num_virtual_tokens=P))` (no projection: `prompt_encoder.embedding` [P, L*2*N*D]
+                  trains), otherwise exactly `peft_a` (RandomSampler, pad to longest, AdamW, eval in
+                  dataset order). Built with `get_peft_model` and the initial values copied in (PEFT
+                  refuses `PeftModel.from_pretrained(..., is_trainable=True)` for prompt learning).
+
+    Both start from the same table: N(0, 1) (both libraries' own initializer) drawn by the parent
+    from `--seed` (`init_prefix.npy`, [L, 2, P, N, D]), put into our `model.prefix.table` and, as
+    `models.prefix.to_flat(table)` ([P, L*2*N*D], PEFT's layout), into PEFT's
+    `prompt_encoder['default'].embedding.weight`. Eval restores that table on both sides; the eval
+    table's "agreement with ours" of `peft_prefix` is with `ours_prefix` (of the prompt sides, with
+    `ours`). Extra ratio rows: ours prefix / PEFT prefix, and ours prefix / ours (prefix vs prompt
+    tuning, same loader and scorer). FLOPs of the prefix sides: nothing of the prefix runs through
+    the blocks; every input and target token attends to the P prefix positions in every layer
+    (`analytic_gpt2_flops` with prompt_len 0 and context P; "useful" is `least_prompt_tuning_flops`
+    without its prompt pass, `least_prefix_tuning_flops` here). PEFT's logits cover only the real
+    positions (no virtual tokens), so its eval reads the label token j at position j - 1.
 
 The same work on every side
 ---------------------------
@@ -114,7 +140,11 @@ SIDES = {
     "ours_grouped": "prompt_tuning_jax, length-grouped",
     "peft_a": "PEFT-A (shuffled, pad to longest)",
     "peft_b": "PEFT-B (group_by_length)",
+    "ours_prefix": "prompt_tuning_jax, prefix tuning",
+    "peft_prefix": "PEFT prefix tuning (shuffled, pad to longest)",
 }
+DEFAULT_SIDES = ("ours", "ours_grouped", "peft_a", "peft_b")  # the prefix sides run when --sides names them
+PREFIX_SIDES = ("ours_prefix", "peft_prefix")
 GROUP_WINDOW = 50       # batches per sorted window: transformers' megabatch multiplier
 TARGET_PREFIX = " "     # GPT-2 targets follow the input after a space (the model's `target_prefix`)
 
@@ -142,6 +172,43 @@ def model_dims(folder: str) -> dict:
     return {"n_layer": cfg["n_layer"], "d": cfg["n_embd"], "vocab": cfg["vocab_size"]}
 
 
+def write_initial_prefix(args, folder: str) -> None:
+    """The prefix sides' initial keys and values, drawn from `--seed`: `init_prefix.npy` [L, 2, P, N, D] (ours)
+    and `init_prefix_flat.npy` [P, L*2*N*D] (PEFT's `prompt_embeddings`, by `models.prefix.to_flat`).
+
+    N(0, 1), the initializer both libraries use for an unprojected prefix. Written on every run (cheap), so a
+    reused `--checkpoint_dir` always holds the table for this `--prompt_length`.
+    """
+    from prompt_tuning_jax.models.prefix import from_flat, to_flat
+
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    shape = (cfg["n_layer"], 2, args.prompt_length, cfg["n_head"], cfg["n_embd"] // cfg["n_head"])
+    table = np.random.default_rng([args.seed, 1]).standard_normal(shape).astype(np.float32)
+    flat = to_flat(table)
+    assert np.array_equal(from_flat(flat, shape), table), "to_flat / from_flat disagree"
+    np.save(os.path.join(folder, "init_prefix.npy"), table)
+    np.save(os.path.join(folder, "init_prefix_flat.npy"), flat)
+
+
+def least_prefix_tuning_flops(n_layer: int, d: int, vocab: int, prompt_len: int, input_lengths, target_lengths,
+                              batches: int, backward_to_input: bool = True) -> float:
+    """`flops.least_prompt_tuning_flops` for prefix tuning: the same input and target passes (each token
+    attending to P prefix positions in every layer: context P), without the prompt's own pass (a prefix's keys
+    and values are trained directly; nothing of it runs through the blocks)."""
+    dims = {"n_layer": n_layer, "d": d, "vocab": vocab, "backward_to_input": backward_to_input}
+    with_prompt = flops.least_prompt_tuning_flops(**dims, prompt_len=prompt_len, input_lengths=input_lengths,
+                                                  target_lengths=target_lengths, batches=batches)
+    prompt_pass = flops.analytic_gpt2_flops(**dims, tokens_per_example=0, prompt_len=prompt_len, batch=batches,
+                                            lm_head_positions=0)
+    return with_prompt - prompt_pass
+
+
+def least_flops(side: str):
+    """The least-work count for `side`: prefix tuning's or prompt tuning's."""
+    return least_prefix_tuning_flops if side in PREFIX_SIDES else flops.least_prompt_tuning_flops
+
+
 # --------------------------------------------------------------------------- ours (JAX)
 
 
@@ -154,6 +221,28 @@ def grouping_option() -> dict | None:
         if name in params:
             return {name: True if isinstance(params[name].default, bool) else GROUP_WINDOW}
     return None
+
+
+def prefix_state(table: np.ndarray, trainable: dict) -> dict:
+    """`trainable` (a MeshState's pure dict) with the prefix table [L, 2, P, N, D] replaced by `table`, on the host.
+
+    METHOD 'prefix:P' trains exactly `model.prefix.table` (no projection): anything else is refused.
+    """
+    leaves = {path: x for path, x in _leaves(trainable)}
+    key = ("model", "prefix", "table")
+    if set(leaves) != {key}:
+        raise ValueError(f"expected METHOD 'prefix:P' to train only {'/'.join(key)}, it trains {sorted(leaves)}")
+    if tuple(leaves[key].shape) != table.shape:
+        raise ValueError(f"the initial prefix is {table.shape}, the model's table {tuple(leaves[key].shape)}")
+    return {"model": {"prefix": {"table": np.asarray(table, leaves[key].dtype)}}}
+
+
+def _leaves(tree: dict, path=()):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, path + (k,))
+        else:
+            yield path + (k,), v
 
 
 def run_ours(args, folder: str) -> dict:
@@ -173,11 +262,18 @@ def run_ours(args, folder: str) -> dict:
     dims = model_dims(folder)
     init_prompt = os.path.join(folder, "init_prompt.npy")
     model_spec = ModelSpec(folder, tokenizer=tokenizer_dir())
-    prompt_spec = PromptSpec(length=args.prompt_length, init="file", file=init_prompt, placement="prefix")
+    prefix = args._child == "ours_prefix"
+    if prefix:  # METHOD 'prefix:P': keys and values in every layer, no prompt in the input
+        prompt_spec = PromptSpec(method=f"prefix:{args.prompt_length}", seed=args.seed)
+    else:
+        prompt_spec = PromptSpec(length=args.prompt_length, init="file", file=init_prompt, placement="prefix")
     data = DataSpec("sst2", feature_lengths={"inputs": args.max_input_length, "targets": args.max_target_length},
                     batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, seed=args.seed)
     task = data.tasks()[0]
     loaded = loading.load_prompted(model_spec, prompt_spec, [task], loading.make_mesh((-1, 1)))
+    if prefix:  # the parent's table, the one PEFT starts from too (host copy: restored for eval)
+        initial_prefix = prefix_state(np.load(os.path.join(folder, "init_prefix.npy")), loaded.state.trainable)
+        loaded.state.trainable = jax.device_put(initial_prefix, loaded.state.trainable_shardings)
     rss_model = sampler.now()
     t0 = time.perf_counter()
     train = loading.tokenize_split(task, "train", loaded, data)
@@ -229,12 +325,16 @@ def run_ours(args, folder: str) -> dict:
         stats["real"] += int(input_len.sum() + target_len.sum())
         stats["positions"] += bsz * (t + tt)
         stats["shapes"].add((t, tt))
-        stats["useful"] += flops.least_prompt_tuning_flops(**dims, prompt_len=args.prompt_length,
-                                                           input_lengths=input_len, target_lengths=target_len,
-                                                           batches=1)
-        stats["executed"] += flops.analytic_gpt2_flops(**dims, tokens_per_example=t + tt,  # the prompt in every row
-                                                       prompt_len=args.prompt_length, batch=bsz,
-                                                       lm_head_positions=tt)
+        stats["useful"] += least_flops(args._child)(**dims, prompt_len=args.prompt_length, input_lengths=input_len,
+                                                    target_lengths=target_len, batches=1)
+        if prefix:  # the prefix's keys and values before every row, in every layer
+            stats["executed"] += flops.analytic_gpt2_flops(**dims, tokens_per_example=t + tt, prompt_len=0,
+                                                           batch=bsz, lm_head_positions=tt,
+                                                           context=args.prompt_length)
+        else:
+            stats["executed"] += flops.analytic_gpt2_flops(**dims, tokens_per_example=t + tt,  # the prompt in every row
+                                                           prompt_len=args.prompt_length, batch=bsz,
+                                                           lm_head_positions=tt)
         stats["xla"] += xla[(t, tt)] or 0.0
     result = {
         "backend": f"jax {jax.__version__} on {jax.devices()[0].platform}",
@@ -249,9 +349,12 @@ def run_ours(args, folder: str) -> dict:
         "rss_start": rss_start, "rss_model": rss_model, "rss_loaded": rss_loaded, "rss_peak": rss_peak,
     }
 
-    # --- eval: rank classification of the validation split with the initial prompt -------------
+    # --- eval: rank classification of the validation split with the initial prompt (prefix) ----
     if args.run_eval:
-        state.restore(init_prompt)
+        if prefix:
+            state.trainable = jax.device_put(initial_prefix, state.trainable_shardings)
+        else:
+            state.restore(init_prompt)
         val = loading.tokenize_split(task, "validation", loaded, data, limit=args.eval_examples)
         scorer = TaskScorer(loaded, task, val, data, scoring="rank", padding_side=model_spec.padding_side)
         t0 = time.perf_counter()
@@ -310,16 +413,24 @@ def run_peft(args, folder: str) -> dict:
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     grouped = args._child == "peft_b"
+    prefix = args._child == "peft_prefix"
     sampler = RSSSampler()
     rss_start = sampler.now()
     dims = model_dims(folder)
     torch.manual_seed(args.seed)
     model = transformers.GPT2LMHeadModel.from_pretrained(folder)
     rss_model = sampler.now()
-    model = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM",
-                                                               num_virtual_tokens=args.prompt_length))
-    init_prompt = torch.tensor(np.load(os.path.join(folder, "init_prompt.npy")))
+    if prefix:  # the table as PEFT holds it: prompt_encoder's embedding [P, L*2*N*D] (no projection)
+        config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.prompt_length)
+        init_prompt = torch.tensor(np.load(os.path.join(folder, "init_prefix_flat.npy")))
+        n_trainable = args.prompt_length * dims["n_layer"] * 2 * dims["d"]
+    else:
+        config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.prompt_length)
+        init_prompt = torch.tensor(np.load(os.path.join(folder, "init_prompt.npy")))
+        n_trainable = args.prompt_length * dims["d"]
+    model = peft.get_peft_model(model, config)
     embedding = model.prompt_encoder["default"].embedding
+    assert tuple(embedding.weight.shape) == tuple(init_prompt.shape), (embedding.weight.shape, init_prompt.shape)
 
     def set_initial_prompt():
         with torch.no_grad():
@@ -327,7 +438,7 @@ def run_peft(args, folder: str) -> dict:
 
     set_initial_prompt()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    assert sum(p.numel() for p in trainable) == args.prompt_length * dims["d"], "only the prompt trains"
+    assert sum(p.numel() for p in trainable) == n_trainable, "only the prompt (prefix) trains"
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir())
     tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has no pad token; the usual choice (ours pads with it too)
@@ -381,13 +492,16 @@ def run_peft(args, folder: str) -> dict:
         stats["real"] += int(row_len.sum())
         stats["positions"] += bsz * length
         stats["shapes"].add(length)
-        stats["useful"] += flops.least_prompt_tuning_flops(**dims, prompt_len=args.prompt_length,
-                                                           input_lengths=row_len - scored, target_lengths=scored,
-                                                           batches=1)
-        # HF computes logits (and their gradient) at every position, the virtual tokens included.
-        stats["executed"] += flops.analytic_gpt2_flops(**dims, tokens_per_example=length,
-                                                       prompt_len=args.prompt_length, batch=bsz,
-                                                       lm_head_positions=args.prompt_length + length)
+        stats["useful"] += least_flops(args._child)(**dims, prompt_len=args.prompt_length,
+                                                    input_lengths=row_len - scored, target_lengths=scored, batches=1)
+        if prefix:  # the prefix as past keys and values of every row (P cached positions); logits at the row's own
+            stats["executed"] += flops.analytic_gpt2_flops(**dims, tokens_per_example=length, prompt_len=0,
+                                                           batch=bsz, lm_head_positions=length,
+                                                           context=args.prompt_length)
+        else:  # HF computes logits (and their gradient) at every position, the virtual tokens included.
+            stats["executed"] += flops.analytic_gpt2_flops(**dims, tokens_per_example=length,
+                                                           prompt_len=args.prompt_length, batch=bsz,
+                                                           lm_head_positions=args.prompt_length + length)
     result = {
         "backend": f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
                    f"attention {model.config._attn_implementation}",
@@ -420,8 +534,12 @@ def run_peft(args, folder: str) -> dict:
             batch = collator([causal_lm_features(inputs[i], label) for i in chunk for label in label_ids])
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [b*C, P+L, V]
             labels = batch["labels"]                  # [b*C, L]
+            if prefix:  # logits [b*C, L, V] (no virtual tokens): token j is predicted at position j - 1
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            else:
+                logits = logits[:, p - 1:-1]          # token j of a row is predicted at position P + j - 1
             scored = labels != -100
-            predicting = logits[:, p - 1:-1][scored]  # [n, V]: token j of a row is predicted at position P + j - 1
+            predicting = logits[scored]               # [n, V]
             logp = predicting.gather(-1, labels[scored][:, None])[:, 0] - torch.logsumexp(predicting.float(), -1)
             per_row = torch.zeros(labels.shape[0]).index_add_(0, scored.nonzero()[:, 0], logp.float())
             return per_row.view(len(chunk), c).numpy(), batch
@@ -438,9 +556,10 @@ def run_peft(args, folder: str) -> dict:
             batches.append(batch["attention_mask"])
         eval_seconds = time.perf_counter() - t0
         # Rows (example, label) padded to the longest; HF computes the LM head at every position.
-        executed = sum(flops.analytic_gpt2_flops(**dims, tokens_per_example=m.shape[1], prompt_len=p,
-                                                 batch=m.shape[0], lm_head_positions=p + m.shape[1],
-                                                 backward_to_input=False) for m in batches)
+        executed = sum(flops.analytic_gpt2_flops(**dims, tokens_per_example=m.shape[1], prompt_len=0 if prefix else p,
+                                                 batch=m.shape[0], lm_head_positions=m.shape[1] + (0 if prefix else p),
+                                                 backward_to_input=False, context=p if prefix else 0)
+                       for m in batches)
         result.update(eval_first=None, eval_seconds=eval_seconds, eval_examples=len(inputs),
                       eval_rss_peak=sampler.peak, eval_predictions=predictions.tolist(),
                       eval_real_tokens=int(sum(m.sum() for m in batches)),
@@ -526,6 +645,9 @@ def mib(x) -> str:
 
 
 NO_RATIO = {"shapes", "seconds", "agreement with ours", "accuracy"}  # columns whose ratio means nothing
+PREFIX_RATIOS = [("ratio ours prefix / PEFT prefix", SIDES["ours_prefix"], SIDES["peft_prefix"]),
+                 ("ratio ours prefix / ours (prefix vs prompt)", SIDES["ours_prefix"], SIDES["ours"]),
+                 ("ratio PEFT prefix / PEFT-A (prefix vs prompt)", SIDES["peft_prefix"], SIDES["peft_a"])]
 
 
 def ratio(a, b) -> str:
@@ -572,7 +694,10 @@ def report(args, data: dict, results: dict, rounds: dict) -> None:
     dims = results[next(iter(results))]["dims"]
     train_info = data["train"]
     print(f"SST-2 prompt tuning: {args.model} ({dims['n_layer']} layers, width {dims['d']}, vocab {dims['vocab']}, "
-          f"random weights), prefix prompt {args.prompt_length}, batch {args.batch_size}, inputs <= "
+          f"random weights), prefix prompt {args.prompt_length}"
+          + (f" (prefix tuning sides: a prefix of {args.prompt_length} keys and values in every layer)"
+             if any(side in PREFIX_SIDES for side in results) else "")
+          + f", batch {args.batch_size}, inputs <= "
           f"{args.max_input_length} / targets <= {args.max_target_length} tokens, float32; AdamW lr {args.lr} "
           f"wd {args.weight_decay} on the prompt; {args.steps} timed steps after warm-up, best of {args.rounds} "
           f"round(s)")
@@ -601,13 +726,16 @@ def report(args, data: dict, results: dict, rounds: dict) -> None:
         if r["executed_source"] == "xla":
             flops.report("    executed", r["executed_flops"], s, r["peak_flops"], "xla, padded batches")
             print(f"    cross-check: {r['analytic_executed_flops'] / 1e9:.1f} GFLOP/step by `analytic_gpt2_flops` on the "
-                  f"same padded batches with the prompt in every row (xla / analytic = "
+                  f"same padded batches with the {'prefix' if side in PREFIX_SIDES else 'prompt'} in every row "
+                  f"(xla / analytic = "
                   f"{r['executed_flops'] / r['analytic_executed_flops']:.2f}; below 1: work the step shares or skips)")
         else:
             flops.report("    executed", r["executed_flops"], s, r["peak_flops"],
                          "analytic, padded batches, LM head at every position")
         flops.report("    useful", r["useful_flops"], s, r["peak_flops"],
-                     "analytic least work: real tokens, the prompt once per batch, LM head at the label")
+                     "analytic least work: real tokens, "
+                     + ("attending to the prefix" if side in PREFIX_SIDES else "the prompt once per batch")
+                     + ", LM head at the label")
 
     print("\n### Training\n")
     rows = {SIDES[k]: train_row(r) for k, r in results.items()}
@@ -617,10 +745,13 @@ def report(args, data: dict, results: dict, rounds: dict) -> None:
                "executed util %": ".1f"}
     a, b = SIDES["peft_a"], SIDES["peft_b"]
     markdown_table(rows, [("ratio ours / PEFT-A", SIDES["ours"], a), ("ratio ours / PEFT-B", SIDES["ours"], b),
-                          ("ratio ours grouped / PEFT-B", SIDES["ours_grouped"], b)], formats)
+                          ("ratio ours grouped / PEFT-B", SIDES["ours_grouped"], b)] + PREFIX_RATIOS, formats)
     print("\nexecuted: XLA's cost analysis of our compiled step, `analytic_gpt2_flops` of PEFT's padded batches; "
           "useful: `least_prompt_tuning_flops` of the real tokens (the prompt once per batch, the LM head at the "
-          "label word); utilisation against the same-run matmul peak")
+          "label word); utilisation against the same-run matmul peak"
+          + ("; prefix sides: `least_prefix_tuning_flops` (no prompt pass, every token attends to the P prefix "
+             "positions), PEFT's executed with the prefix as P cached positions of every row"
+             if any(side in PREFIX_SIDES for side in results) else ""))
     per_epoch = train_info["examples"] / args.batch_size
     for side, r in results.items():
         print(f"  one epoch ({train_info['examples']:,} examples, {per_epoch:.0f} steps) at this rate: "
@@ -634,15 +765,18 @@ def report(args, data: dict, results: dict, rounds: dict) -> None:
           f"{args.eval_batch_size} per batch, both labels, the initial prompt\n")
     val = data["validation"]
     inputs = np.array(val["input_lengths"])
-    useful = flops.least_prompt_tuning_flops(**dims, prompt_len=args.prompt_length, input_lengths=inputs,
-                                             target_lengths=np.broadcast_to(data["label_lengths"],
-                                                                            (len(inputs), len(data["label_lengths"]))),
-                                             batches=-(-len(inputs) // args.eval_batch_size), backward_to_input=False)
-    reference = evals.get("ours", {}).get("eval_predictions")
+    useful_of = {kind: least_flops(kind)(**dims, prompt_len=args.prompt_length, input_lengths=inputs,
+                                         target_lengths=np.broadcast_to(data["label_lengths"],
+                                                                        (len(inputs), len(data["label_lengths"]))),
+                                         batches=-(-len(inputs) // args.eval_batch_size), backward_to_input=False)
+                 for kind in ("ours", "ours_prefix")}
     rows = {}
     for side, r in evals.items():
+        useful = useful_of["ours_prefix" if side in PREFIX_SIDES else "ours"]
         rate = useful / r["eval_seconds"]
         predictions = np.array(r["eval_predictions"])
+        # Agreement with our side of the same method (the prefix sides: ours_prefix), same initial values.
+        reference = evals.get("ours_prefix" if side in PREFIX_SIDES else "ours", {}).get("eval_predictions")
         agree = np.mean(predictions == np.array(reference)) if reference is not None else None
         rows[SIDES[side]] = {"examples/s": r["eval_examples"] / r["eval_seconds"], "seconds": r["eval_seconds"],
                              "first pass s": r["eval_first"], "padding": 1 - r["eval_real_tokens"] / r["eval_positions"],
@@ -656,8 +790,19 @@ def report(args, data: dict, results: dict, rounds: dict) -> None:
     formats = {"examples/s": ".1f", "seconds": ".1f", "first pass s": ".1f", "padding": ".2f", "shapes": "d",
                "peak RSS MiB": ".0f", "useful GFLOP/s": ".1f", "useful util %": ".1f", "executed GFLOP": ".0f",
                "executed util %": ".1f", "agreement with ours": ".3f", "accuracy": ".3f"}
-    markdown_table(rows, [("ratio ours / PEFT-A", SIDES["ours"], a), ("ratio ours / PEFT-B", SIDES["ours"], b)],
-                   formats)
+    markdown_table(rows, [("ratio ours / PEFT-A", SIDES["ours"], a), ("ratio ours / PEFT-B", SIDES["ours"], b)]
+                   + PREFIX_RATIOS, formats)
+    counts = {SIDES[side]: np.bincount(r["eval_predictions"], minlength=len(data["label_lengths"])).tolist()
+              for side, r in evals.items()}
+    print("\npredicted classes (examples per class): " + "; ".join(f"{k} {v}" for k, v in counts.items())
+          + ("  (every side predicts one class: agreement 1.000 says little; random weights)"
+             if all(max(v) == sum(v) for v in counts.values()) else ""))
+    if any(side in PREFIX_SIDES for side in evals):
+        print(f"\nprefix sides: useful eval work {useful_of['ours_prefix'] / 1e9:.0f} GFLOP "
+              "(`least_prefix_tuning_flops`: no prompt pass, every token attends to the prefix); executed for PEFT "
+              "with the prefix as P cached positions of every row and logits at the rows' own positions; "
+              "\"agreement with ours\" of the prefix sides is with ours prefix tuning (the same initial table)")
+    useful = useful_of["ours"]
     print(f"\nuseful eval work: {useful / 1e9:.0f} GFLOP (`least_prompt_tuning_flops`: the prompt once per batch, "
           "each input once, the LM head where a label token is predicted); executed: XLA's count of our compiled scorer, analytic for PEFT "
           "(2 full rows per example, LM head at every position); padding: over the positions each side's batches "
@@ -683,7 +828,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=1, help="run every side this many times, alternating; keep the fastest")
     p.add_argument("--eval_examples", type=int, default=None, help="first N validation examples (default: all 872)")
     p.add_argument("--skip_eval", action="store_true")
-    p.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
+    p.add_argument("--sides", default=",".join(DEFAULT_SIDES),
+                   help=f"comma-separated subset of {','.join(SIDES)} (default: {','.join(DEFAULT_SIDES)})")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
@@ -728,6 +874,8 @@ def main(argv=None):
         if args.n_layer and dims["n_layer"] != args.n_layer:
             p.error(f"--checkpoint_dir {folder} holds {dims['n_layer']} layers, not --n_layer {args.n_layer}")
         data = write_tokens(args, folder)
+        if any(side in PREFIX_SIDES for side in sides):
+            write_initial_prefix(args, folder)
         runs = {side: [] for side in sides}
         for r in range(args.rounds):
             for side in sides:
