@@ -277,6 +277,45 @@ def test_a_model_parallel_mesh_equals_one_device(tiny_gpt2_dir, rng):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *results)
 
 
+def test_a_bfloat16_model_trains_float32_task_prompts(tiny_gpt2_dir, rng):
+    spec = _spec(2)
+    prompted = spec.build(ptj.from_pretrained(tiny_gpt2_dir, dtype=jnp.bfloat16), None)
+    trainer = _trainer(prompted, spec, optax.sgd(LR))
+    before = jax.tree.map(np.asarray, trainer.trainable)
+    ids, mask = padded_batch(rng, 20, [6, 4, 5, 3], 6)
+    metrics = trainer.train_step(_lm_batch(ids, ids[:, :2], [0, 1, 1, 0], mask))
+    assert np.isfinite(float(metrics["loss_sum"])) and float(metrics["nonfinite_steps"]) == 0
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(trainer.trainable))
+    moved = jax.tree.map(lambda a, b: bool(np.abs(np.asarray(b) - a).max() > 0), before, trainer.trainable)
+    assert all(jax.tree.leaves(moved))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_generation_uses_each_rows_task_prompt(rng, family):
+    """Greedy decoding through the KV cache gives, row by row, what decoding that row alone with its task's prompt
+    gives, and the other task's prompt predicts otherwise."""
+    from helpers import tiny_model
+
+    from prompt_tuning_jax import decoding
+
+    spec = _spec(2)
+    prompted = spec.build(tiny_model(family), None)
+    module = prompted.prompt_module
+    for name in ("prefix_task_cols", "prefix_task_rows"):  # tasks far apart
+        variable = getattr(module, name)
+        variable[...] = jnp.asarray(rng.normal(0, 3.0, variable.shape), jnp.float32)
+    ids, mask = padded_batch(rng, 50, [5, 3, 6, 4], 6)
+    tasks = np.array([0, 1, 1, 0], np.int32)
+    both = np.asarray(decoding.generate(prompted, ids, mask, max_new_tokens=4, eos_id=-1, task_index=tasks))
+    for b in range(4):
+        alone = decoding.generate(prompted, ids[b:b + 1], mask[b:b + 1], max_new_tokens=4, eos_id=-1,
+                                  task_index=tasks[b:b + 1])
+        np.testing.assert_array_equal(np.asarray(alone)[0], both[b])
+    first = [np.asarray(prompted(ids, mask, task_index=k).prediction) for k in (tasks, 1 - tasks)]
+    assert np.abs(first[0] - first[1]).max() > 1e-3  # the other task's prompt predicts otherwise
+    np.testing.assert_array_equal(both[:, 0], first[0].argmax(-1))  # the cached decode's first token is the forward's
+
+
 def test_the_gin_file_binds_the_settings():
     import gin
 
