@@ -268,3 +268,20 @@ def test_a_model_parallel_mesh_equals_one_device(tiny_gpt2_dir, rng):
     batch = _batch(ids, ids[:, :2], mask)
     assert_trees_close(*trained_on_both_meshes(tiny_gpt2_dir, PromptSpec(method="prefix:2", prefix_projection=8),
                                                batch), atol=1e-6)
+
+
+def test_adapters_that_do_not_fit_are_refused(tmp_path):
+    from helpers import tiny_model
+
+    from prompt_tuning_jax.models.ia3 import add_ia3
+    from prompt_tuning_jax.prompts.io import import_peft_ia3
+
+    export_peft_prefix(tmp_path / "p4", add_prefix(tiny_model("gpt2"), 4))
+    with pytest.raises(ValueError, match=r"has 4 virtual tokens; this run's prefix has 3: set METHOD 'prefix:4'"):
+        import_peft_prefix(add_prefix(tiny_model("gpt2"), 3), tmp_path / "p4")
+    with pytest.raises(ValueError, match="start from it with PREFIX_PROJECTION = None"):
+        import_peft_prefix(add_prefix(tiny_model("gpt2"), 4, projection=8), tmp_path / "p4")
+    with pytest.raises(ValueError, match=r"prompt_embeddings has shape \(4, 192\), which does not fit"):
+        import_peft_prefix(add_prefix(tiny_model("gpt2", n_layer=3), 4), tmp_path / "p4")
+    with pytest.raises(ValueError, match="holds a PREFIX_TUNING adapter, but this METHOD reads IA3 adapters"):
+        import_peft_ia3(add_ia3(tiny_model("gpt2")), tmp_path / "p4")
