@@ -181,7 +181,7 @@ class PromptSpec:
     a prompt encoder makes the [P, H] prompt (P: `length`) from an embedding of P virtual tokens:
     ptuning_encoder 'mlp' (PEFT's default) | 'lstm' (a bidirectional LSTM, then an MLP; the paper's);
     ptuning_hidden (PEFT's encoder_hidden_size, None: the model's width); ptuning_num_layers (the LSTM's
-    layers, PEFT's encoder_num_layers, 2); ptuning_dropout (PEFT's encoder_dropout: only 0.0 is supported).
+    layers, PEFT's encoder_num_layers, 2); ptuning_dropout (PEFT's encoder_dropout: between LSTM layers, in training).
     mpt_*: METHOD 'mpt' (multitask prompt tuning, Wang et al., 2023, as PEFT's MultitaskPromptTuningConfig,
     `methods/mpt.py`), task k's prompt = shared [P, H] * (cols[k] [P, r] @ rows[k] [r, H]): mpt_rank (r, PEFT's
     num_ranks, 1); mpt_task (evaluate or infer task k of a K-task run: every row gets task k's prompt; with

@@ -71,7 +71,9 @@ class Method:
     def prompt_module(self, spec, model, init, num_tasks: int):
         """The nnx module that makes each row's prompt, task_index [B] -> [B, P', H], holding `Trainable`
         variables, in place of PromptedModel's own `soft_prompt`; None (the default) keeps the soft prompt.
-        `init` is PROMPT_INIT's `init(rng, shape)`, `num_tasks` the number of tasks K (METHOD 'multitask')."""
+        `init` is PROMPT_INIT's `init(rng, shape)`, `num_tasks` the number of tasks K (METHOD 'multitask').
+        A module with a nonzero `dropout_rate` attribute is also called with `dropout_rng=` (one key for the
+        batch) in training steps (P-tuning's LSTM dropout)."""
         return None
 
     def prompt_options(self, spec) -> dict:
