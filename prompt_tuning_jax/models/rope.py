@@ -19,22 +19,38 @@ import jax
 import jax.numpy as jnp
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+# The keys each type needs beyond rope_theta (transformers' `_check_received_keys`).
+REQUIRED = {"default": (), "linear": ("factor",), "dynamic": ("factor",),
+            "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 
 
 def parameters(config: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-    """The RoPE parameters of a config.json dict: `rope_parameters` (or its `key` entry, Gemma 3's per layer
-    type), else the older `rope_theta` + `rope_scaling`. Always has 'rope_type' and 'rope_theta'."""
-    found = config.get("rope_parameters")
-    if isinstance(found, dict) and key is not None and key in found:
+    """The RoPE parameters of a config.json dict, as transformers 5 standardises them (`convert_rope_params_to_dict`,
+    `standardize_rope_params`): `rope_scaling` (older files) or else `rope_parameters` (or its `key` entry, Gemma
+    3's per layer type); `rope_theta` from the dict, else the top level, else 10000; 'type' read as 'rope_type';
+    llama3's `original_max_position_embeddings` defaults to the top-level one, else to `max_position_embeddings`.
+
+    -> a dict with 'rope_type', 'rope_theta' and the keys its type needs. ValueError on a type we do not compute or a
+    missing key, naming it."""
+    found = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    if key is not None and isinstance(found.get(key), dict):
         found = found[key]
-    if isinstance(found, dict) and "rope_theta" in found:
-        params = dict(found)
-    else:
-        params = dict(config.get("rope_scaling") or {})
-        params["rope_theta"] = config.get("rope_theta", 10000.0)
+    params = dict(found)
+    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
     params["rope_type"] = params.get("rope_type", params.pop("type", "default")) or "default"
-    if params["rope_type"] not in ROPE_TYPES:
-        raise ValueError(f"rope_type {params['rope_type']!r} is not supported; supported: {ROPE_TYPES}")
+    kind = params["rope_type"]
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"rope_type {kind!r} is not supported (config.json's rope_parameters / rope_scaling); "
+                         f"supported: {ROPE_TYPES}")
+    if kind == "llama3":
+        if config.get("original_max_position_embeddings") is not None:
+            params["original_max_position_embeddings"] = config["original_max_position_embeddings"]
+        elif config.get("max_position_embeddings") is not None:
+            params.setdefault("original_max_position_embeddings", config["max_position_embeddings"])
+    missing = [k for k in REQUIRED[kind] if params.get(k) is None]
+    if missing:
+        raise ValueError(f"rope_type {kind!r} needs {', '.join(missing)} in config.json's rope_parameters "
+                         f"(or rope_scaling); found {sorted(params)}")
     return params
 
 
