@@ -114,7 +114,9 @@ def tokenize(
     """Examples {"inputs", "targets", "label"} -> `Tokenized`.
 
     Special tokens are added as the tokenizer does (T5: EOS after inputs and
-    after targets; GPT-2: none) and survive truncation. truncate: "right" keeps
+    after targets; GPT-2: none; Llama 3: BOS before inputs) and survive truncation.
+    Targets get only the trailing ones: they continue the input (decoder-only) or
+    follow the decoder's start token (T5), so a leading BOS never goes before them. truncate: "right" keeps
     the first tokens, "left" the last ones, "error" raises. The number of
     truncated examples is logged as one warning line. target_prefix is put
     before every target text (" " for GPT-2, whose targets follow the inputs).
@@ -123,8 +125,9 @@ def tokenize(
         raise ValueError(f"truncate={truncate!r}; expected one of {TRUNCATE}")
     prefix, suffix = special_tokens(tokenizer) if add_special_tokens else ([], [])
     n_special = len(prefix) + len(suffix)
-    if min(max_input_length, max_target_length) <= n_special:
-        raise ValueError(f"max lengths must exceed the {n_special} special tokens")
+    if min(max_input_length - n_special, max_target_length - len(suffix)) <= 0:
+        raise ValueError(f"max lengths must exceed the special tokens ({n_special} around inputs, "
+                         f"{len(suffix)} after targets)")
     encode = lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
     raw_inputs = encode([e["inputs"] for e in examples])
     raw_targets = encode([target_prefix + e["targets"] if e["targets"] else "" for e in examples])
@@ -133,9 +136,9 @@ def tokenize(
     cut_inputs = cut_targets = cut_any = 0
     for i, (x, y) in enumerate(zip(raw_inputs, raw_targets)):
         x, cut_x = _fit(x, max_input_length - n_special, truncate, "input", i)
-        y, cut_y = _fit(y, max_target_length - n_special, truncate, "target", i)
+        y, cut_y = _fit(y, max_target_length - len(suffix), truncate, "target", i)
         input_ids.append(np.array(prefix + x + suffix, np.int32))
-        target_ids.append(np.array(prefix + y + suffix, np.int32))
+        target_ids.append(np.array(y + suffix, np.int32))
         cut_inputs += cut_x
         cut_targets += cut_y
         cut_any += cut_x or cut_y

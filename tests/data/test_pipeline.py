@@ -69,6 +69,23 @@ def test_tokenize_sst2_t5_and_gpt2(t5, gpt2):
     assert tok.target_ids[0].tolist() == [3967]  # " positive"
 
 
+def test_a_bos_goes_before_inputs_only():
+    """A tokenizer that puts BOS before text (Llama 3, Mistral): inputs start with it, targets never do (they
+    continue the input), and a trailing EOS would still end both."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<pad>": 1, "hello": 2, "world": 3, "positive": 4}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", pad_token="<pad>")
+    assert pipeline.special_tokens(tok) == ([0], [])
+    out = tokenize([{"inputs": "hello world", "targets": "positive", "label": 1}], tok, max_input_length=8,
+                   max_target_length=1, target_prefix=" ")
+    assert out.input_ids[0].tolist() == [0, 2, 3] and out.target_ids[0].tolist() == [4]
+
+
 def test_truncation_policies_and_count(t5, caplog):
     examples = [{"inputs": "one two three four five six seven eight nine ten", "targets": "x", "label": 0},
                 {"inputs": "short", "targets": "y", "label": 1}]
