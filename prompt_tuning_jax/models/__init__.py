@@ -1,7 +1,8 @@
-"""Our Flax NNX model families (GPT-2, T5, Llama / Mistral / Qwen 2 / Qwen 3), the seam they share (`base.py`), and
+"""Our Flax NNX model families (GPT-2, T5, Llama / Mistral / Qwen 2 / Qwen 3, Gemma 3), the seam they share (`base.py`), and
 their Hugging Face checkpoint loader."""
 from prompt_tuning_jax.models.base import HUB_IDS, PromptableModel, preset, register_family
 from prompt_tuning_jax.models.gpt2 import GPT2, GPT2Config
+from prompt_tuning_jax.models.gemma3 import Gemma3, Gemma3Config
 from prompt_tuning_jax.models.hf import CheckpointError, from_pretrained, init_random, save_pretrained
 from prompt_tuning_jax.models.llama import Llama, LlamaConfig
 from prompt_tuning_jax.models.t5 import T5, T5Config
@@ -17,5 +18,5 @@ def hub_id(family: str, size: str) -> str:
     return HUB_IDS[family][size]
 
 
-__all__ = ["GPT2", "GPT2Config", "Llama", "LlamaConfig", "T5", "T5Config", "CheckpointError", "PromptableModel", "from_pretrained",
+__all__ = ["Gemma3", "Gemma3Config", "GPT2", "GPT2Config", "Llama", "LlamaConfig", "T5", "T5Config", "CheckpointError", "PromptableModel", "from_pretrained",
            "hub_id", "init_random", "preset", "register_family", "save_pretrained"]
