@@ -1,8 +1,9 @@
-"""The offline demo's frozen model: a tiny GPT-2 with a word-level tokenizer, built in code.
+"""The offline demo's frozen model: a tiny GPT-2 (or Llama) with a word-level tokenizer, built in code.
 
 `demo_checkpoint()` writes (once, in about 20 seconds) a Hugging Face checkpoint
 folder — config.json, model.safetensors and a tokenizer — for a 2-layer GPT-2
-whose vocabulary covers the synthetic `demo_sentiment` task. The model is
+whose vocabulary covers the synthetic `demo_sentiment` task; `demo_checkpoint(family="llama")`
+the same for a 2-layer Llama (grouped-query attention, RoPE, a tied head: `models/demo_llama_tiny.gin`). The model is
 pretrained as a plain language model on the task's training sentences, without
 labels (like any LM, it learns which words go together); then it is frozen, and
 prompt tuning has to find the task in it. No download.
@@ -15,7 +16,7 @@ would make the demo's numbers depend on what ran first. Pinned, the weights are
 the same whatever the device count and core count (checked on Linux, where the
 core can be pinned; elsewhere only the device count is).
 
-    python -m prompt_tuning_jax.experiments.demo_model FOLDER   # what the child runs
+    python -m prompt_tuning_jax.experiments.demo_model FOLDER [--family llama]   # what the child runs
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ import re
 import subprocess
 import sys
 
-DEFAULT_FOLDER = os.path.join(os.path.expanduser(os.environ.get("PTJ_CACHE", "~/.cache/prompt_tuning_jax")),
-                              "demo-gpt2-tiny-v2")  # v2: built pinned (see above)
+CACHE = os.path.expanduser(os.environ.get("PTJ_CACHE", "~/.cache/prompt_tuning_jax"))
+FOLDERS = {"gpt2": "demo-gpt2-tiny-v2",  # v2: built pinned (see above)
+           "llama": "demo-llama-tiny-v1"}
+DEFAULT_FOLDER = os.path.join(CACHE, FOLDERS["gpt2"])
 SPECIAL = ["<|endoftext|>", "<unk>"]
 
 
@@ -54,13 +57,17 @@ def build_tokenizer():
 
 
 def demo_checkpoint(folder: str | None = None, seed: int = 0, initializer_range: float = 0.02,
-                    pretrain_steps: int = 600) -> str:
-    """The demo checkpoint folder, built on first use in a pinned child process; returns its path."""
-    folder = os.fspath(folder or DEFAULT_FOLDER)
+                    pretrain_steps: int = 600, family: str = "gpt2") -> str:
+    """The demo checkpoint folder of `family` ('gpt2' or 'llama'), built on first use in a pinned child process;
+    returns its path."""
+    if family not in FOLDERS:
+        raise ValueError(f"the demo model's family must be one of {sorted(FOLDERS)}, got {family!r}")
+    folder = os.fspath(folder or os.path.join(CACHE, FOLDERS[family]))
     if not _complete(folder):
         env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=PINNED_XLA_FLAGS)
         cmd = [sys.executable, "-m", "prompt_tuning_jax.experiments.demo_model", folder, "--seed", str(seed),
-               "--initializer_range", str(initializer_range), "--pretrain_steps", str(pretrain_steps)]
+               "--initializer_range", str(initializer_range), "--pretrain_steps", str(pretrain_steps),
+               "--family", family]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not _complete(folder):
             raise RuntimeError(f"building the demo model in {folder} failed: "
@@ -75,15 +82,27 @@ def _complete(folder: str) -> bool:
     return all(os.path.exists(os.path.join(folder, name)) for name in ("model.safetensors", "tokenizer.json"))
 
 
-def build(folder: str, seed: int = 0, initializer_range: float = 0.02, pretrain_steps: int = 600) -> None:
+def _config(family: str, vocab_size: int, initializer_range: float):
+    import prompt_tuning_jax as ptj
+
+    if family == "llama":  # 4 query heads share 2 key/value heads; RoPE; the head tied to the embeddings
+        return ptj.LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                               tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+                               initializer_range=initializer_range)
+    return ptj.GPT2Config(vocab_size=vocab_size, n_positions=128, n_embd=64, n_layer=2, n_head=4,
+                          bos_token_id=0, eos_token_id=0, initializer_range=initializer_range)
+
+
+def build(folder: str, seed: int = 0, initializer_range: float = 0.02, pretrain_steps: int = 600,
+          family: str = "gpt2") -> None:
     """Builds the demo checkpoint in this process and publishes the folder whole (see the module docstring)."""
     import shutil
 
     import prompt_tuning_jax as ptj
 
     tokenizer = build_tokenizer()
-    config = ptj.GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=64, n_layer=2, n_head=4,
-                            bos_token_id=0, eos_token_id=0, initializer_range=initializer_range)
+    config = _config(family, len(tokenizer), initializer_range)
     model = ptj.init_random(config, seed=seed)
     pretrain(model, tokenizer, steps=pretrain_steps, seed=seed)
     tmp = f"{folder}.tmp{os.getpid()}"  # several processes may build at once: each in its own folder
@@ -145,7 +164,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--initializer_range", type=float, default=0.02)
     parser.add_argument("--pretrain_steps", type=int, default=600)
+    parser.add_argument("--family", choices=sorted(FOLDERS), default="gpt2")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):  # one core, before the XLA backend starts its thread pool
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    build(args.folder, args.seed, args.initializer_range, args.pretrain_steps)
+    build(args.folder, args.seed, args.initializer_range, args.pretrain_steps, args.family)

@@ -75,7 +75,7 @@ def test_there_are_configs_of_every_kind():
     assert set(FAMILIES) == set(HUB_IDS) == {"gpt2", "t5", "t5_1_1", "t5_1_1_lm100k", "flan_t5", "mt5"}
     assert {f"models/sizes/{s}.gin" for sizes in HUB_IDS.values() for s in sizes} == set(SIZES)
     assert {pathlib.PurePath(p).name for p in RUNS} == {"prompt_finetune.gin", "prompt_eval.gin",
-                                                        "prompt_infer.gin", "demo.gin"}
+                                                        "prompt_infer.gin", "demo.gin", "demo_llama.gin"}
     assert len(DECODING) == 3
     assert {p.stem for p in (CONFIGS / "runtime").glob("*.gin")} == {"bfloat16", "model_parallel_8",
                                                                      "grad_accum_4", "parameter_partitioning_2d"}
