@@ -1,23 +1,26 @@
 """Prompt-tuning train step: prompt_tuning_jax's Trainer vs PEFT's PromptTuning, same random checkpoint.
 
-    python benchmarks/train_step.py [--model gpt2] [--n_layer N] [--batch 8] [--length 128]
+    python benchmarks/train_step.py [--model gpt2|llama] [--n_layer N] [--batch 8] [--length 128]
                                     [--prompt_length 20] [--steps 5] [--warmup 2]
                                     [--dtype float32|bfloat16] [--device cpu|cuda] [--cpus N]
 
 Builds a random-weight GPT-2 checkpoint of the named size with transformers (no
-hub needed), then times one optimizer step of soft-prompt tuning on both sides,
-each in its own child process (so the peak-memory numbers do not mix and the two
-frameworks' thread pools never run at once), and prints examples/s, tokens/s,
-first-step time and peak memory side by side with the ratio ours / PEFT.
+hub needed), or with `--model llama` a random Llama of 149M parameters (LLAMA_150M
+below: Llama 3's 128,256-token vocabulary, tied embeddings as Llama 3.2's small
+models, grouped-query attention, SwiGLU, Llama 3 RoPE scaling), then times one
+optimizer step of soft-prompt tuning on both sides, each in its own child
+process (so the peak-memory numbers do not mix and the two frameworks' thread
+pools never run at once), and prints examples/s, tokens/s, first-step time and
+peak memory side by side with the ratio ours / PEFT.
 
 The same work on both sides
 ---------------------------
 PEFT: `get_peft_model(GPT2LMHeadModel, PromptTuningConfig(task_type="CAUSAL_LM",
-num_virtual_tokens=P))`, AdamW on the prompt only, called with
-`input_ids = labels = x` ([B, L] random tokens). PEFT prepends the P virtual
-tokens and labels them -100, so the model runs on P + L positions and the loss
-is the mean next-token NLL of all L tokens of x (x[0] is predicted from the
-last prompt position).
+num_virtual_tokens=P))` (LlamaForCausalLM for `--model llama`), AdamW on the
+prompt only, called with `input_ids = labels = x` ([B, L] random tokens). PEFT
+prepends the P virtual tokens and labels them -100, so the model runs on P + L
+positions and the loss is the mean next-token NLL of all L tokens of x (x[0] is
+predicted from the last prompt position).
 
 Ours: `Trainer(with_prompt(model, P), make_optimizer("adamw", ...), objective="lm")`.
 The "lm" objective scores `target_ids` placed right after the prompted input's
@@ -39,7 +42,8 @@ one AdamW update of the [P, H] prompt. Differences that remain are the
 libraries' own: HF's GPT2LMHeadModel computes LM logits at all P+L positions
 and PEFT's loss shifts them; ours computes logits only at the L scored
 positions. Dropout is set to 0 in the checkpoint (ours has none), so torch runs
-in train mode with no dropout work.
+in train mode with no dropout work (Llama's only dropout, attention_dropout, is
+0 by default).
 
 Measurement
 -----------
@@ -86,6 +90,16 @@ import numpy as np
 import flops  # benchmarks/flops.py (this script's folder is on sys.path)
 
 RESULT_TAG = "RESULT_JSON "
+GPT2_MODELS = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
+# --model llama: 148.8M parameters, 98.5M of them the tied 128,256 x 768 embedding table; the rest in
+# 8 layers of 6.29M (attention 12 query heads sharing 4 KV heads of 64: 1.57M; SwiGLU MLP 768 -> 2048: 4.72M).
+# The other fields are Llama 3.2's (vocabulary, RoPE scaling, norm eps, BOS/EOS ids, tied head).
+LLAMA_150M = dict(vocab_size=128256, hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
+                  num_attention_heads=12, num_key_value_heads=4, head_dim=64, max_position_embeddings=131072,
+                  rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+                  rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 8192})
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, REPO)
@@ -184,7 +198,7 @@ def ours_trainer(args, folder: str, sampler=None):
     x = np.load(os.path.join(folder, "tokens.npy"))  # [B, L]
     b, _ = x.shape
     batch = {
-        "input_ids": np.full((b, 1), 50256, np.int32),   # an empty input: one masked pad
+        "input_ids": np.full((b, 1), model_dims(args)["pad_id"], np.int32),  # an empty input: one masked pad
         "attention_mask": np.zeros((b, 1), np.int32),
         "target_ids": x.astype(np.int32),
         "target_mask": np.ones_like(x, np.int32),
@@ -237,7 +251,8 @@ def run_peft(args, folder: str) -> dict:
     rss_start = sampler.now()
     device = torch.device(args.device)
     tdtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=tdtype).to(device)
+    model_cls = transformers.LlamaForCausalLM if args.model == "llama" else transformers.GPT2LMHeadModel
+    model = model_cls.from_pretrained(folder, dtype=tdtype).to(device)
     rss_model = sampler.now()
     model = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM",
                                                                num_virtual_tokens=args.prompt_length))
@@ -247,7 +262,8 @@ def run_peft(args, folder: str) -> dict:
         embedding.weight.copy_(init_prompt.to(embedding.weight.dtype))
     model.train()  # dropout is 0 in the checkpoint's config
     trainable = [p for p in model.parameters() if p.requires_grad]
-    assert sum(p.numel() for p in trainable) == args.prompt_length * model.config.n_embd, "only the prompt trains"
+    # hidden_size: GPT2Config maps it to n_embd (model_dims would import prompt_tuning_jax, and jax, into this child)
+    assert sum(p.numel() for p in trainable) == args.prompt_length * model.config.hidden_size, "only the prompt trains"
     with torch.no_grad():  # read every weight once (lazily mapped from the file), as on our side
         for param in model.parameters():
             param.sum()
@@ -282,6 +298,53 @@ def run_peft(args, folder: str) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- model sizes
+
+
+def model_dims(args) -> dict:
+    """The sizes both sides and the FLOP counts need: layers (--n_layer or the model's), hidden d, vocabulary,
+    query / KV heads, head size, MLP width, and the id of the one masked pad token of our empty input."""
+    if args.model == "llama":
+        c = LLAMA_150M
+        return {"n_layer": args.n_layer or c["num_hidden_layers"], "d": c["hidden_size"], "vocab": c["vocab_size"],
+                "heads": c["num_attention_heads"], "kv_heads": c["num_key_value_heads"], "head_dim": c["head_dim"],
+                "intermediate": c["intermediate_size"], "pad_id": c["eos_token_id"]}
+    from prompt_tuning_jax.models import preset
+
+    cfg = preset(args.model)
+    return {"n_layer": args.n_layer or cfg.n_layer, "d": cfg.n_embd, "vocab": cfg.vocab_size, "heads": cfg.n_head,
+            "kv_heads": cfg.n_head, "head_dim": cfg.n_embd // cfg.n_head, "intermediate": 4 * cfg.n_embd,
+            "pad_id": 50256}
+
+
+def analytic_llama_flops(dims: dict, tokens_per_example, prompt_len: int, batch: int, lm_head_positions,
+                         context=0) -> float:
+    """`flops.analytic_gpt2_flops` for a Llama block (forward and backward to the input embeddings).
+
+    The same accounting with Llama's matmuls: per layer and token 2 FLOPs per weight of q (d x Hq hd), k and v
+    (d x Hkv hd each: grouped-query attention), o (Hq hd x d) and the SwiGLU MLP (gate, up, down: 3 d I);
+    attention 4 S (context + S) Hq hd (every query head scores every key, K and V shared or not); the tied head
+    2 d V at `lm_head_positions`. Backward to the prompt only: linear + 2 attention + head again. RMSNorms,
+    RoPE, SiLU, softmax and the optimizer update are left out.
+    """
+    d, q, kv = dims["d"], dims["heads"] * dims["head_dim"], dims["kv_heads"] * dims["head_dim"]
+    weights = d * q + 2 * d * kv + q * d + 3 * d * dims["intermediate"]
+    s = prompt_len + np.asarray(tokens_per_example, np.float64)
+    linear = 2.0 * weights * s * dims["n_layer"]
+    attention = 4.0 * s * (np.asarray(context, np.float64) + s) * q * dims["n_layer"]
+    head = 2.0 * d * dims["vocab"] * np.asarray(lm_head_positions, np.float64)
+    return float(np.sum(batch * (2 * linear + 3 * attention + 2 * head)))
+
+
+def least_llama_flops(dims: dict, prompt_len: int, length: int, batch: int) -> float:
+    """`flops.least_prompt_tuning_flops` of this step (empty inputs, targets of `length`) for Llama: the prompt
+    once, then per row the tokens but the last attending to prompt and themselves, the head at `length` positions."""
+    prompt = analytic_llama_flops(dims, 0, prompt_len, 1, 0)
+    first = analytic_llama_flops(dims, 0, 0, batch, 1, context=prompt_len)  # the head at the prompt's last position
+    rest = analytic_llama_flops(dims, length - 1, 0, batch, length - 1, context=prompt_len)
+    return prompt + first + rest
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -289,20 +352,26 @@ def build_checkpoint(args, folder: str) -> None:
     import torch
     import transformers
 
-    from prompt_tuning_jax.models import preset
-
-    cfg = preset(args.model)
-    n_layer = args.n_layer or cfg.n_layer
+    dims = model_dims(args)
     torch.manual_seed(0)
-    hf_config = transformers.GPT2Config(n_embd=cfg.n_embd, n_layer=n_layer, n_head=cfg.n_head,
-                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    transformers.GPT2LMHeadModel(hf_config).save_pretrained(folder)
+    if args.model == "llama":
+        hf_config = transformers.LlamaConfig(**{**LLAMA_150M, "num_hidden_layers": dims["n_layer"]})
+        model = transformers.LlamaForCausalLM(hf_config)
+        print(f"random Llama: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters "
+              f"({dims['n_layer']} layers, hidden {dims['d']}, {dims['heads']} heads / {dims['kv_heads']} KV "
+              f"x {dims['head_dim']}, mlp {dims['intermediate']}, vocab {dims['vocab']}, tied)", flush=True)
+        model.save_pretrained(folder)
+        del model
+    else:
+        hf_config = transformers.GPT2Config(n_embd=dims["d"], n_layer=dims["n_layer"], n_head=dims["heads"],
+                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        transformers.GPT2LMHeadModel(hf_config).save_pretrained(folder)
     rng = np.random.default_rng(0)
     np.save(os.path.join(folder, "tokens.npy"),
-            rng.integers(0, cfg.vocab_size, (args.batch, args.length)).astype(np.int64))
+            rng.integers(0, dims["vocab"], (args.batch, args.length)).astype(np.int64))
     # The paper's fallback init (rows of the embedding table) is what both would use; any fixed array will do.
     np.save(os.path.join(folder, "init_prompt.npy"),
-            (0.02 * rng.standard_normal((args.prompt_length, cfg.n_embd))).astype(np.float32))
+            (0.02 * rng.standard_normal((args.prompt_length, dims["d"]))).astype(np.float32))
 
 
 def run_child(args, side: str, folder: str) -> dict:
@@ -374,13 +443,17 @@ def report_flops(args, ours: dict | None, theirs: dict | None) -> None:
     least work (`flops.least_prompt_tuning_flops`: the prompt once per batch, the L text tokens
     attending to it, the LM head at the L scored positions; the same on both sides).
     """
-    from prompt_tuning_jax.models import preset
-
-    cfg = preset(args.model)
-    dims = {"n_layer": args.n_layer or cfg.n_layer, "d": cfg.n_embd, "vocab": cfg.vocab_size}
     b, length, p = args.batch, args.length, args.prompt_length
-    useful = flops.least_prompt_tuning_flops(**dims, prompt_len=p, input_lengths=np.zeros(b),
-                                             target_lengths=np.full(b, length), batches=1)
+    if args.model == "llama":
+        useful = least_llama_flops(model_dims(args), p, length, b)
+        executed_peft = analytic_llama_flops(model_dims(args), tokens_per_example=length, prompt_len=p, batch=b,
+                                             lm_head_positions=p + length)
+    else:
+        dims = {k: v for k, v in model_dims(args).items() if k in ("n_layer", "d", "vocab")}
+        useful = flops.least_prompt_tuning_flops(**dims, prompt_len=p, input_lengths=np.zeros(b),
+                                                 target_lengths=np.full(b, length), batches=1)
+        executed_peft = flops.analytic_gpt2_flops(**dims, tokens_per_example=length, prompt_len=p, batch=b,
+                                                  lm_head_positions=p + length)
     print(f"FLOPs per step (utilisation against a dense 2048^3 {args.dtype} matmul timed in the same child):")
     if ours is not None:
         t = float(np.median(ours["times"]))
@@ -389,16 +462,16 @@ def report_flops(args, ours: dict | None, theirs: dict | None) -> None:
         flops.report("  ours useful", useful, t, ours["peak_flops"], "analytic least work")
     if theirs is not None:
         t = float(np.median(theirs["times"]))
-        executed = flops.analytic_gpt2_flops(**dims, tokens_per_example=length, prompt_len=p, batch=b,
-                                             lm_head_positions=p + length)
-        flops.report("  PEFT executed", executed, t, theirs["peak_flops"], "analytic, LM head at all P + L positions")
+        flops.report("  PEFT executed", executed_peft, t, theirs["peak_flops"],
+                     "analytic, LM head at all P + L positions")
         flops.report("  PEFT useful", useful, t, theirs["peak_flops"], "analytic least work")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gpt2", choices=["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
+    p.add_argument("--model", default="gpt2", choices=GPT2_MODELS + ["llama"],
+                   help="a GPT-2 size (preset), or 'llama': the random ~150M Llama of LLAMA_150M")
     p.add_argument("--n_layer", type=int, default=None, help="fewer layers than the preset (quick CPU runs)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=128, help="text tokens per example (L)")
