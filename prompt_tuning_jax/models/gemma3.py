@@ -59,6 +59,7 @@ from flax import nnx
 
 from prompt_tuning_jax.models import base, common, rope
 from prompt_tuning_jax.models import prefix as prefix_lib
+from prompt_tuning_jax.models.llama import Linear  # the same projection: PyTorch layout, LoRA and IA3 hooks
 
 logger = logging.getLogger(__name__)
 
@@ -234,30 +235,6 @@ class RMSNorm(nnx.Module):
         return common.rms_norm(x, 1.0 + self.weight[...].astype(jnp.float32), self.eps)
 
 
-class Linear(nnx.Module):
-    """Bias-free linear layer with the PyTorch layout: `weight` [out, in]; plus a LoRA update once
-    `models.lora` adds one, or an IA3 rescaling once `models.ia3` adds one."""
-
-    def __init__(self, n_in, n_out, axes, *, dtype, param_dtype, stddev, rngs):
-        self.weight = common.param(rngs, (n_out, n_in), axes, param_dtype, stddev)
-        self.dtype = dtype
-        self.in_out, self.lora, self.ia3 = (n_in, n_out), None, None
-
-    def __call__(self, x):
-        x = x.astype(self.dtype)
-        if self.ia3 is not None and self.ia3.feedforward:
-            x = self.ia3(x)
-        y = common.dense(x, self.weight[...], out_in=True)
-        y = y if self.lora is None else y + self.lora(x)
-        return y if self.ia3 is None or self.ia3.feedforward else self.ia3(y)
-
-    def merge_scale(self, scale, input_side: bool) -> None:
-        """Folds a rescaling into the weight [out, in]: of the input [in] (`input_side`), else of the output [out]."""
-        w = self.weight[...]
-        factor = scale[None, :] if input_side else scale[:, None]
-        self.weight[...] = (w.astype(jnp.float32) * factor).astype(w.dtype)
-
-
 def window_bias(q_positions: jax.Array, k_positions: jax.Array, window: int) -> jax.Array:
     """Additive bias [B|1, 1, Tq, Tk] (float32) hiding keys `window` or more positions before their query
     (transformers' sliding_window_overlay: key > query - window); positions [B|1, Tq] and [B|1, Tk]."""
@@ -269,10 +246,10 @@ class Attention(nnx.Module):
     def __init__(self, config: Gemma3Config, *, dtype, param_dtype, rngs):
         h, n, k, d = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
         kw = dict(dtype=dtype, param_dtype=param_dtype, stddev=config.initializer_range, rngs=rngs)
-        self.q_proj = Linear(h, n * d, ("heads", "embed"), **kw)
-        self.k_proj = Linear(h, k * d, ("heads", "embed"), **kw)
-        self.v_proj = Linear(h, k * d, ("heads", "embed"), **kw)
-        self.o_proj = Linear(n * d, h, ("embed", "heads"), **kw)
+        self.q_proj = Linear(h, n * d, ("heads", "embed"), bias=False, **kw)
+        self.k_proj = Linear(h, k * d, ("heads", "embed"), bias=False, **kw)
+        self.v_proj = Linear(h, k * d, ("heads", "embed"), bias=False, **kw)
+        self.o_proj = Linear(n * d, h, ("embed", "heads"), bias=False, **kw)
         self.q_norm = RMSNorm(d, config.rms_norm_eps, ("head_dim",), param_dtype=param_dtype)
         self.k_norm = RMSNorm(d, config.rms_norm_eps, ("head_dim",), param_dtype=param_dtype)
         self.heads, self.kv_heads, self.head_dim = n, k, d
@@ -324,9 +301,9 @@ class MLP(nnx.Module):
     def __init__(self, config: Gemma3Config, *, dtype, param_dtype, rngs):
         h, i = config.hidden_size, config.intermediate_size
         kw = dict(dtype=dtype, param_dtype=param_dtype, stddev=config.initializer_range, rngs=rngs)
-        self.gate_proj = Linear(h, i, ("mlp", "embed"), **kw)
-        self.up_proj = Linear(h, i, ("mlp", "embed"), **kw)
-        self.down_proj = Linear(i, h, ("embed", "mlp"), **kw)
+        self.gate_proj = Linear(h, i, ("mlp", "embed"), bias=False, **kw)
+        self.up_proj = Linear(h, i, ("mlp", "embed"), bias=False, **kw)
+        self.down_proj = Linear(i, h, ("embed", "mlp"), bias=False, **kw)
         self.act = common.activation(config.hidden_activation)
 
     def __call__(self, x):
@@ -360,7 +337,7 @@ class DecoderLayer(nnx.Module):
         return self._mlp(x), cache
 
 
-class Gemma3(nnx.Module):
+class Gemma3(prefix_lib.PrefixSeam, nnx.Module):
     """Gemma 3's text model with its LM head (Hugging Face `Gemma3ForCausalLM`).
 
     `dtype` is the compute dtype (float32 or bfloat16); `param_dtype` the storage dtype of the
@@ -396,15 +373,6 @@ class Gemma3(nnx.Module):
     def prefix_rows(self) -> list[int]:
         """The prefix table's row each layer's attention reads: layer i, row i."""
         return list(range(self.config.num_hidden_layers))
-
-    def _prefix_kv(self) -> list:
-        """Each layer's prefix (k, v) [1, P, K, D] in the compute dtype, or None per layer without a prefix."""
-        return prefix_lib.layer_kv(None if self.prefix is None else self.prefix(), self.prefix_rows(), self.dtype)
-
-    @property
-    def prefix_length(self) -> int:
-        """P, the prefix's positions before every input (0 without one)."""
-        return 0 if self.prefix is None else self.prefix.length
 
     @property
     def embedding_table(self) -> jax.Array:

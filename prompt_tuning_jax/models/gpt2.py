@@ -257,7 +257,7 @@ class Block(nnx.Module):
             return x + self.mlp(self.ln_2(x)), cache
 
 
-class GPT2(nnx.Module):
+class GPT2(prefix_lib.PrefixSeam, nnx.Module):
     """GPT-2 with its tied LM head (Hugging Face `GPT2LMHeadModel`).
 
     `dtype` is the compute dtype (float32 or bfloat16); `param_dtype` the storage
@@ -291,15 +291,6 @@ class GPT2(nnx.Module):
     def prefix_rows(self) -> list[int]:
         """The prefix table's row each block's attention reads: block i, row i."""
         return list(range(self.config.n_layer))
-
-    def _prefix_kv(self) -> list:
-        """Each block's prefix (k, v) [1, P, N, D] in the compute dtype, or None per block without a prefix."""
-        return prefix_lib.layer_kv(None if self.prefix is None else self.prefix(), self.prefix_rows(), self.dtype)
-
-    @property
-    def prefix_length(self) -> int:
-        """P, the prefix's positions before every input (0 without one)."""
-        return 0 if self.prefix is None else self.prefix.length
 
     @property
     def embedding_table(self) -> jax.Array:

@@ -412,7 +412,7 @@ class Block(nnx.Module):
             return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
-class Llama(nnx.Module):
+class Llama(prefix_lib.PrefixSeam, nnx.Module):
     """A Llama-style decoder with its LM head (transformers' `LlamaForCausalLM` and the three like it).
 
     `dtype` is the compute dtype (float32 or bfloat16); `param_dtype` the storage dtype of the weights.
@@ -453,15 +453,6 @@ class Llama(nnx.Module):
     def prefix_rows(self) -> list[int]:
         """The prefix table's row each layer's attention reads: layer i, row i."""
         return list(range(self.config.num_hidden_layers))
-
-    def _prefix_kv(self) -> list:
-        """Each layer's prefix (k, v) [1, P, K, D] in the compute dtype, or None per layer without a prefix."""
-        return prefix_lib.layer_kv(None if self.prefix is None else self.prefix(), self.prefix_rows(), self.dtype)
-
-    @property
-    def prefix_length(self) -> int:
-        """P, the prefix's positions before every input (0 without one)."""
-        return 0 if self.prefix is None else self.prefix.length
 
     @property
     def embedding_table(self) -> jax.Array:

@@ -118,6 +118,20 @@ def fold_prefix(model):
     return model
 
 
+class PrefixSeam:
+    """What every family that takes a prefix shares, mixed into its model class: it needs the model's `prefix`
+    (None until `add_prefix`), its `prefix_rows()` (the table row each attention layer reads) and `dtype`."""
+
+    @property
+    def prefix_length(self) -> int:
+        """P, the prefix's positions before every input (0 without one)."""
+        return 0 if self.prefix is None else self.prefix.length
+
+    def _prefix_kv(self) -> list:
+        """Each attention layer's prefix (k, v) [1, P, N, D] in the compute dtype (None per layer without one)."""
+        return layer_kv(None if self.prefix is None else self.prefix(), self.prefix_rows(), self.dtype)
+
+
 def layer_kv(table: jax.Array | None, rows, dtype) -> list:
     """Each attention layer's (k, v) [1, P, N, D] in `dtype` from the table [L, 2, P, N, D] by `rows`
     (the family's `prefix_rows()`), or a None per layer without a table."""

@@ -445,7 +445,7 @@ class Stack(nnx.Module):
         return self.final_layer_norm(x), {"self": tuple(new_self), "cross": cache["cross"]}
 
 
-class T5(nnx.Module):
+class T5(prefix_lib.PrefixSeam, nnx.Module):
     """T5 encoder-decoder with its LM head (Hugging Face `T5ForConditionalGeneration`)."""
 
     BLOCK_COLLECTION = "block"  # `encoder.block.<i>`, `decoder.block.<i>` (METHOD first/last/middle:K)
@@ -481,10 +481,6 @@ class T5(nnx.Module):
         """The prefix table's row each decoder block's self-attention reads: 2i mod L, as PEFT lays it out for
         two submodules (models/prefix.py); the encoder and cross-attention get none."""
         return [(2 * i) % self.config.num_layers for i in range(self.config.n_decoder_layers)]
-
-    def _prefix_kv(self):
-        """Each decoder block's prefix (k, v) [1, P, N, D] in the compute dtype, or None without a prefix."""
-        return None if self.prefix is None else prefix_lib.layer_kv(self.prefix(), self.prefix_rows(), self.dtype)
 
     @property
     def embedding_table(self) -> jax.Array:
