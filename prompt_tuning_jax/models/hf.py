@@ -117,7 +117,7 @@ def read_config(folder: str) -> dict[str, Any]:
     if model_type not in base.FAMILIES:
         raise CheckpointError(
             f"{path} has model_type {model_type!r}; prompt_tuning_jax supports {sorted(base.FAMILIES)} "
-            "(GPT-2 and T5 / T5 v1.1 / Flan-T5 / mT5 checkpoints)")
+            "(GPT-2, T5 / T5 v1.1 / Flan-T5 / mT5, Llama, Mistral, Qwen 2 / 3 and Gemma 3 text checkpoints)")
     return config
 
 

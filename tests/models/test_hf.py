@@ -119,7 +119,8 @@ def test_folder_without_config(tmp_path):
 
 def test_other_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
-    with pytest.raises(hf.CheckpointError, match=r"model_type 'bert'.*supports \['gpt2', 'mt5', 't5'\]"):
+    with pytest.raises(hf.CheckpointError, match=r"model_type 'bert'.*supports \['gemma3_text', 'gpt2', 'llama', "
+                                                 r"'mistral', 'mt5', 'qwen2', 'qwen3', 't5'\]"):
         ptj.from_pretrained(tmp_path)
 
 
@@ -153,13 +154,13 @@ def test_wrong_shape_is_named(tmp_path):
 
 
 def test_command_line_error_is_one_line(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     proc = subprocess.run([sys.executable, "-m", "prompt_tuning_jax.info", str(tmp_path)], capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and "model_type 'llama'" in lines[0], proc.stderr
+    assert len(lines) == 1 and "model_type 'bert'" in lines[0], proc.stderr
 
 
 def test_command_line_info_describes_a_model(tmp_path):
