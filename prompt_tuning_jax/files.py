@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 from typing import BinaryIO, Callable, Union
 
@@ -34,6 +35,7 @@ from etils import epath
 
 Content = Union[bytes, str, Callable[[BinaryIO], None]]
 EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
+COPY_CHUNK_BYTES = 16 * 2**20  # what `local_folder` holds of a file at once while copying it
 CACHE_DIR = os.path.join(os.path.expanduser(os.environ.get("PTJ_CACHE", "~/.cache/prompt_tuning_jax")), "buckets")
 
 
@@ -136,8 +138,9 @@ def atomic_write(path: str | os.PathLike, content: Content) -> None:
 def local_folder(path: str | os.PathLike, patterns: tuple[str, ...] = ("*",)) -> str:
     """`path` itself when local; a bucket folder is copied (its files matching `patterns`) to a local cache.
 
-    For readers that only take local files (transformers' tokenizers, memory-mapped safetensors).
-    A file is copied again when its size differs from the cached copy.
+    For readers that only take local files (transformers' tokenizers, safetensors read by offset).
+    A file is copied again when its size differs from the cached copy; files are streamed
+    (`COPY_CHUNK_BYTES` at a time), never read whole into memory.
     """
     path = os.fspath(path)
     if is_local(path):
@@ -153,7 +156,8 @@ def local_folder(path: str | os.PathLike, patterns: tuple[str, ...] = ("*",)) ->
             continue
         copy = os.path.join(local, item.name)
         if not (os.path.exists(copy) and os.path.getsize(copy) == item.stat().length):
-            atomic_write(copy, item.read_bytes())
+            with item.open("rb") as source_file:  # streamed: a large weight file is never whole in memory
+                atomic_write(copy, lambda f, src=source_file: shutil.copyfileobj(src, f, COPY_CHUNK_BYTES))
     return local
 
 

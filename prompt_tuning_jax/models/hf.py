@@ -15,11 +15,15 @@ exactly when the checkpoint holds `lm_head.weight`.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
+import mmap
 import os
 import struct
+import threading
 from typing import Any, BinaryIO
 
 import jax
@@ -39,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32,
+    "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_, "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
 }
 _DTYPE_NAMES = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
 
@@ -122,9 +128,99 @@ def read_config(folder: str) -> dict[str, Any]:
 
 
 # --- reading tensors -------------------------------------------------------------
+#
+# Loading holds each weight once. A tensor (or the slice of it one device holds) is read with positioned
+# reads into a fresh array of the target dtype, converted a chunk at a time, and handed to JAX; no file
+# is memory-mapped (the pages of a file map count in the process's RSS while the map lives, which held
+# every weight twice: once as file pages, once in the model). The arrays are page-aligned, so the CPU
+# backend takes them without a copy; an accelerator copies them over and they are freed.
+
+READ_CHUNK_BYTES = 8 * 2**20  # file bytes read at a time (and converted or sliced at a time)
+_ALIGNMENT = 64  # what XLA:CPU needs to use a host array in place
+_ANONYMOUS_FROM = 2**22  # arrays of this many bytes or more get their own anonymous memory map
+
+
+def _aligned_empty(shape, dtype) -> np.ndarray:
+    """np.empty(shape, dtype), at least 64-byte aligned (a CPU device then holds it without copying).
+
+    A large one is its own private anonymous mapping (page-aligned; unmapped when the array goes): numpy
+    asks the kernel for transparent huge pages for large arrays, and where the kernel compacts memory to
+    find them on first touch (THP `defrag` = madvise, a common default) that made loading 2x slower.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes >= _ANONYMOUS_FROM and hasattr(mmap, "MAP_ANONYMOUS"):
+        try:
+            memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError:  # out of mappings (vm.max_map_count): numpy's memory will do
+            pass
+        else:
+            return np.frombuffer(memory, dtype=dtype).reshape(shape)
+    raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _bounds(index, shape) -> list[tuple[int, int]]:
+    """(start, stop) per dimension of `index` (None, or a tuple of step-1 slices, as
+    `jax.make_array_from_callback` passes; missing trailing dimensions are whole)."""
+    index = () if index is None else (index if isinstance(index, tuple) else (index,))
+    if len(index) > len(shape):
+        raise IndexError(f"index {index} has more dimensions than shape {shape}")
+    out = []
+    for i, n in enumerate(shape):
+        s = index[i] if i < len(index) else slice(None)
+        if isinstance(s, slice):
+            start, stop, step = s.indices(n)
+            if step != 1:
+                raise IndexError(f"only contiguous slices are read from a checkpoint, got {s}")
+            out.append((start, max(start, stop)))
+        else:
+            raise IndexError(f"only slices are read from a checkpoint, got {s!r}")
+    return out
+
+
+def _readinto(f, buffer: memoryview, offset: int, path: str, lock=None) -> None:
+    """Fills `buffer` with the bytes of file `f` from `offset` (reads may return less than asked).
+
+    Positioned reads (`os.preadv`), so threads may read one file at once; without them, under `lock`."""
+    done = 0
+    while done < len(buffer):
+        if hasattr(os, "preadv"):
+            n = os.preadv(f.fileno(), [buffer[done:]], offset + done)
+        else:
+            with lock or contextlib.nullcontext():
+                f.seek(offset + done)
+                n = f.readinto(buffer[done:])
+        if not n:
+            raise CheckpointError(f"{path} ends before the tensor data its header describes (truncated?)")
+        done += n
+
+
+READ_THREADS = 4  # threads that read (and convert) the chunks of one tensor; the kernel's page faults and
+# copies run in them (4 beat 2 even on 2 cores)
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _in_parallel(work, parts: int) -> None:
+    """work(0), ..., work(parts - 1), on up to READ_THREADS threads (the calling one when there is one part)."""
+    global _pool
+    if parts <= 1 or READ_THREADS <= 1:
+        for part in range(parts):
+            work(part)
+        return
+    if _pool is None:
+        _pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ptj-read")
+    for future in [_pool.submit(work, part) for part in range(parts)]:
+        future.result()
+
 
 class SafetensorsFile:
-    """Lazy, memory-mapped reader of one .safetensors file (bfloat16 included)."""
+    """One .safetensors file (bfloat16 included), read tensor by tensor: `read(key, index, dtype)`.
+
+    Only the header is read when opened; the file is opened for reading on the first tensor and
+    released by `close()` (or when the object goes away).
+    """
 
     def __init__(self, path: str):
         self.path = path
@@ -132,11 +228,24 @@ class SafetensorsFile:
             with open(path, "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
                 header = json.loads(f.read(n))
+            size = os.path.getsize(path)
         except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
         header.pop("__metadata__", None)
         self.header, self.offset = header, 8 + n
-        self._mmap = None
+        for key, info in header.items():
+            try:
+                start, end = (int(x) for x in info["data_offsets"])
+                elements = int(np.prod(info["shape"], dtype=np.int64))
+                dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: the header entry of tensor {key!r} is malformed ({info!r}: "
+                                      f"{type(e).__name__} {e})") from None
+            # A dtype we cannot read fails when that tensor is read, not here: a loader may never need it.
+            if (dtype is not None and end - start != elements * np.dtype(dtype).itemsize) or self.offset + end > size:
+                raise CheckpointError(f"{path}: tensor {key!r} ({info['dtype']} {info['shape']}) does not fit its "
+                                      f"bytes {start}..{end} of the file ({size} bytes); is the file complete?")
+        self._file, self._lock = None, threading.Lock()
 
     def keys(self):
         return self.header.keys()
@@ -144,17 +253,81 @@ class SafetensorsFile:
     def shape(self, key):
         return tuple(self.header[key]["shape"])
 
-    def get(self, key) -> np.ndarray:
+    def dtype(self, key) -> np.dtype:
+        name = self.header[key]["dtype"]
+        if name not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{self.path}: tensor {key!r} has dtype {name!r}, which prompt_tuning_jax does "
+                                  f"not read ({', '.join(_SAFETENSORS_DTYPES)})")
+        return np.dtype(_SAFETENSORS_DTYPES[name])
+
+    def read(self, key, index=None, dtype=None) -> np.ndarray:
+        """Tensor `key`, or its `index` (a tuple of contiguous slices), as a new array of `dtype` (default:
+        as stored). Only the rows the slice spans are read, in chunks that `READ_THREADS` threads read at
+        once: straight into the result, or, when the array is converted or sliced within rows, through
+        buffers of `READ_CHUNK_BYTES` in all."""
         info = self.header[key]
-        if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
-        start, end = info["data_offsets"]
-        raw = self._mmap[self.offset + start:self.offset + end]
-        return raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+        shape, source = tuple(info["shape"]), self.dtype(key)
+        dtype = source if dtype is None else np.dtype(dtype)
+        bounds = _bounds(index, shape)
+        out = _aligned_empty(tuple(b - a for a, b in bounds), dtype)
+        if out.size == 0:
+            return out
+        if self._file is None:
+            self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        begin = self.offset + info["data_offsets"][0]
+        if not shape:  # a scalar
+            raw = np.empty((), source)
+            _readinto(self._file, memoryview(raw.reshape(1).view(np.uint8)), begin, self.path, self._lock)
+            out[...] = raw
+            return out
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * source.itemsize  # one index of the first dimension
+        (first, last), inner = bounds[0], bounds[1:]
+        whole_rows = all(a == 0 and b == n for (a, b), n in zip(inner, shape[1:]))
+        if whole_rows and dtype == source:  # straight into the result, READ_CHUNK_BYTES a read (not one huge read)
+            flat, start = memoryview(out.reshape(-1).view(np.uint8)), begin + first * row_bytes
+            # Chunks of at most READ_CHUNK_BYTES, as many as the threads at least (from 1 MiB up), whole pages.
+            step = min(READ_CHUNK_BYTES, max(2**20, -(-len(flat) // READ_THREADS)))
+            step = -(-step // 4096) * 4096
+            chunks = range(0, len(flat), step)
+            workers = min(READ_THREADS, len(chunks))
+
+            def read_straight(worker):
+                for i in chunks[worker::workers]:
+                    _readinto(self._file, flat[i:i + step], start + i, self.path, self._lock)
+
+            _in_parallel(read_straight, workers)
+            return out
+        # Blocks of rows, each read into a thread's buffer, then sliced and converted: READ_CHUNK_BYTES in all.
+        rows = max(1, READ_CHUNK_BYTES // READ_THREADS // row_bytes)
+        blocks = range(first, last, rows)
+        workers = min(READ_THREADS, len(blocks))
+        within = (slice(None), *(slice(a, b) for a, b in inner))
+
+        def read_blocks(worker):
+            chunk = _aligned_empty((min(rows, last - first) * row_bytes,), np.uint8)  # this thread's buffer
+            for row in blocks[worker::workers]:
+                n = min(rows, last - row)
+                _readinto(self._file, memoryview(chunk[:n * row_bytes]), begin + row * row_bytes, self.path, self._lock)
+                out[row - first:row - first + n] = chunk[:n * row_bytes].view(source).reshape(n, *shape[1:])[within]
+
+        _in_parallel(read_blocks, workers)
+        return out
+
+    def get(self, key) -> np.ndarray:
+        """Tensor `key` as stored, in a new array."""
+        return self.read(key)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class TorchFile:
-    """A pytorch_model.bin, read with torch (a test-only dependency) when it is installed."""
+    """A pytorch_model.bin, read with torch (a test-only dependency) when it is installed.
+
+    torch reads the whole pickle; `read` then hands out each tensor (bfloat16 without a float32
+    detour) and `close()` lets the tensors go."""
 
     def __init__(self, path: str):
         try:
@@ -175,14 +348,30 @@ class TorchFile:
     def get(self, key) -> np.ndarray:
         import torch
 
-        t = self.tensors[key]
-        if t.dtype == torch.bfloat16:
-            return t.float().numpy().astype(ml_dtypes.bfloat16)
+        t = self.tensors[key].detach()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16: the same bits, as ml_dtypes' bfloat16
+            return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return t.numpy()
+
+    def read(self, key, index=None, dtype=None) -> np.ndarray:
+        whole = self.get(key)
+        array = whole[tuple(slice(a, b) for a, b in _bounds(index, whole.shape))]
+        dtype = array.dtype if dtype is None else np.dtype(dtype)
+        if array.shape == whole.shape and dtype == array.dtype and array.flags.c_contiguous and \
+                array.ctypes.data % _ALIGNMENT == 0:
+            return array  # torch's own memory (64-byte aligned): a CPU device shares it instead of a copy
+        out = _aligned_empty(array.shape, dtype)
+        out[...] = array
+        return out
+
+    def close(self) -> None:
+        self.tensors = {}
 
 
 class Checkpoint:
-    """All tensors of a folder by name, whatever the file layout; `keys`, `shape`, `get`, `describe`."""
+    """All tensors of a folder by name, whatever the file layout; `keys`, `shape`, `read`, `get`, `describe`.
+
+    `close()` (or `with Checkpoint(folder) as ckpt:`) releases the files."""
 
     def __init__(self, folder: str):
         self.folder = folder
@@ -220,11 +409,25 @@ class Checkpoint:
     def shape(self, key):
         return self.files[key].shape(key)
 
+    def read(self, key, index=None, dtype=None) -> np.ndarray:
+        """Tensor `key`, or the slice `index` of it, as a new array of `dtype` (default: as stored)."""
+        return self.files[key].read(key, index, dtype)
+
     def get(self, key) -> np.ndarray:
         return self.files[key].get(key)
 
     def describe(self, key) -> str:
         return os.path.basename(self.files[key].path) if key in self.files else os.path.basename(self.folder)
+
+    def close(self) -> None:
+        for reader in {id(r): r for r in self.files.values()}.values():
+            reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # --- building the model ----------------------------------------------------------
@@ -358,16 +561,50 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
         if shape != tuple(variable.shape):
             raise CheckpointError(f"{folder}/{ckpt.describe(found)}: tensor {found!r} has shape {shape}, "
                                   f"but {implied_by} implies {tuple(variable.shape)}")
-        array = ckpt.get(found)  # memory-mapped or lazy: each host reads only the slices it places
+        dtype = np.dtype(variable.dtype)
         if mesh is None:
-            return jax.device_put(np.asarray(array, dtype=variable.dtype), device)
+            return jax.device_put(_read(ckpt, found, None, dtype), device)
         sharding = jax.sharding.NamedSharding(mesh, partitioning.variable_spec(variable, mesh, rules))
-        return jax.make_array_from_callback(variable.shape, sharding,
-                                            lambda idx: np.asarray(array[idx], dtype=variable.dtype))
+        return jax.make_array_from_callback(variable.shape, sharding, _shard_reader(ckpt, found, dtype))
 
-    for path, variable in nnx.to_flat_state(state):
-        variable.set_value(load(path, variable))
+    try:
+        for path, variable in nnx.to_flat_state(state):
+            variable.set_value(load(path, variable))
+    finally:
+        if hasattr(ckpt, "close"):
+            ckpt.close()  # the files are let go now, not when the collector gets to them
     return nnx.merge(graphdef, state)
+
+
+def _read(ckpt, key: str, index, dtype: np.dtype) -> np.ndarray:
+    """Tensor `key` (or its slice `index`) of `ckpt` as a new array of `dtype`, read tensor by tensor."""
+    if isinstance(ckpt, Checkpoint):
+        return ckpt.read(key, index, dtype)
+    return _owned(ckpt.get(key), index, dtype)
+
+
+def _owned(lazy, index, dtype: np.dtype) -> np.ndarray:
+    """`lazy[index]` (an array, or a T5X zarr array as an unread TensorStore: only that slice is read) as a
+    new, aligned array of `dtype`."""
+    part = np.asarray(lazy if index is None else lazy[tuple(slice(a, b) for a, b in _bounds(index, lazy.shape))])
+    out = _aligned_empty(part.shape, dtype)
+    out[...] = part
+    return out
+
+
+def _shard_reader(ckpt, key: str, dtype: np.dtype):
+    """The `make_array_from_callback` callback of tensor `key`: each slice this process's devices hold, read
+    once (devices that hold the same slice share it)."""
+    lazy = None if isinstance(ckpt, Checkpoint) else ckpt.get(key)  # T5X: open the zarr array once
+    cache: dict = {}
+
+    def read(index):
+        slices = _bounds(index, ckpt.shape(key))
+        if tuple(slices) not in cache:
+            cache[tuple(slices)] = ckpt.read(key, index, dtype) if lazy is None else _owned(lazy, index, dtype)
+        return cache[tuple(slices)]
+
+    return read
 
 
 def init_random(config, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0, remat: bool = False,
@@ -392,8 +629,8 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -
 def _write_safetensors(f: BinaryIO, tensors: dict[str, np.ndarray]):
     header, offset, blobs = {}, 0, []
     for key, array in tensors.items():
-        array = np.ascontiguousarray(array)
-        data = array.tobytes()
+        array = np.asarray(array)
+        data = array.tobytes(order="C")  # (ascontiguousarray would make a scalar 1-D)
         header[key] = {"dtype": _DTYPE_NAMES[array.dtype], "shape": list(array.shape),
                        "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
