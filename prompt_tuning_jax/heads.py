@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from prompt_tuning_jax.models.lm_head import target_log_probs
 from prompt_tuning_jax.variables import Trainable
 
 
@@ -40,7 +41,7 @@ def verbalizer_logits(next_token_logits: jax.Array, label_token_ids) -> jax.Arra
 
 def token_log_likelihood(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
     """Sum of log p(target) over real target positions: logits [B, L, V], targets/mask [B, L] -> [B]."""
-    return jnp.sum(_target_logprob(logits, targets) * mask, axis=-1)
+    return jnp.sum(target_log_probs(logits, targets) * mask, axis=-1)
 
 
 def target_token_logprobs(prompted, input_ids: jax.Array, attention_mask: jax.Array, target_ids: jax.Array,
@@ -50,23 +51,17 @@ def target_token_logprobs(prompted, input_ids: jax.Array, attention_mask: jax.Ar
 
     input_ids / attention_mask [B, T]; target_ids / target_mask [R*B, L], R >= 1
     targets per example in example-major order (rank classification passes R = C).
-    How targets are placed is the model's business (`target_logits`): GPT-2
+    How targets are placed is the model's business (`target_hidden`): GPT-2
     continues the prompted input with them, T5 decodes them. dropout_rng: None (no
     dropout) or the training step's keys, one per input row [B] (or a single key).
+    The LM head scores them a chunk at a time (`LMHead.log_probs`): the [R*B, L, V]
+    logits never exist whole, in the forward or the backward pass.
     """
     b, rb = input_ids.shape[0], target_ids.shape[0]
     if rb % b:
         raise ValueError(f"{rb} targets do not divide evenly among {b} inputs")
-    logits = prompted.target_logits(input_ids, attention_mask, target_ids, target_mask, task_index, dropout_rng)
-    return _target_logprob(logits, target_ids) * target_mask
-
-
-def _target_logprob(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """log_softmax(logits)[target] without materialising the [..., V] log-probabilities: [...]."""
-    with jax.named_scope("loss"):
-        logits = logits.astype(jnp.float32)
-        picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        return picked - jax.nn.logsumexp(logits, axis=-1)
+    hidden = prompted.target_hidden(input_ids, attention_mask, target_ids, target_mask, task_index, dropout_rng)
+    return prompted.model.output_head().log_probs(hidden, target_ids) * target_mask
 
 
 def rank_classification(prompted, input_ids: jax.Array, attention_mask: jax.Array, label_ids: jax.Array,

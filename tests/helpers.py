@@ -65,6 +65,11 @@ TINY = {
     "gpt2": dict(vocab_size=211, n_positions=64, n_embd=48, n_layer=2, n_head=4),
     "t5": dict(vocab_size=199, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                relative_attention_num_buckets=8, relative_attention_max_distance=20),
+    "llama": dict(vocab_size=211, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=True),
+    "gemma3": dict(vocab_size=211, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+                   sliding_window_pattern=2, final_logit_softcapping=5.0),
 }
 # T5 v1.1: gated-GELU MLP and its own LM head (no tying, so no rescaling of the decoder output).
 UNTIED_T5 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
@@ -83,12 +88,12 @@ def _fields(family: str, untied: bool, overrides: dict) -> dict:
 
 
 def tiny_config(family: str, untied: bool = False, **overrides):
-    """Our GPT2Config / T5Config with the TINY sizes, updated with `overrides`."""
+    """Our GPT2Config / T5Config / LlamaConfig / Gemma3Config with the TINY sizes, updated with `overrides`."""
     import prompt_tuning_jax as ptj
 
     kw = _fields(family, untied, overrides)
-    if family == "gpt2":
-        return ptj.GPT2Config(**kw)
+    if family in ("gpt2", "llama", "gemma3"):
+        return {"gpt2": ptj.GPT2Config, "llama": ptj.LlamaConfig, "gemma3": ptj.Gemma3Config}[family](**kw)
     kw.setdefault("scale_decoder_outputs", kw.get("tie_word_embeddings", True))  # as a HF checkpoint loads
     return ptj.T5Config(**kw)
 

@@ -14,7 +14,7 @@ Padding: a row's numbers must not depend on the side or amount of its padding
 (GPT-2 numbers positions from the attention mask; T5's are relative).
 
 Dropout is explicit: the two methods training uses, `activations` and
-`target_logits`, take `dropout_rng`:
+`target_hidden`, take `dropout_rng`:
 - None (the default, and what evaluation, prediction and decoding pass): no dropout;
 - one PRNG key per row [B] (what the training step passes: row i of the global
   batch gets fold_in(fold_in(key(seed), step), i)): row b draws all its masks
@@ -25,16 +25,19 @@ The rates are the checkpoint's (config.json), or one `dropout_rate` for all
 (`from_pretrained(..., dropout_rate=)`, T5X's DROPOUT_RATE); a rate of 0 draws
 no random numbers at all. A family without dropout accepts and ignores the key.
 
-Layer prompts (METHOD 'per_layer'): `activations`, `target_logits` and `start_decode` may be given
+Layer prompts (METHOD 'per_layer'): `activations`, `target_hidden` and `start_decode` may be given
 `prompt_site` (a `common.PromptSite`: where the prompt sits, one prompt per block); a family that
 supports them puts `common.block_input(site, i, x, slots)` before each block i of the stack the
 prompt enters (GPT-2's blocks, T5's encoder). Without the keyword nothing changes.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Collection, Protocol, runtime_checkable
 
 import jax
+
+if TYPE_CHECKING:
+    from prompt_tuning_jax.models.lm_head import LMHead
 
 # step(cache, tokens [B], t) -> (logits [B, V] after generated token t, cache)
 DecodeStep = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
@@ -98,16 +101,21 @@ class PromptableModel(Protocol):
         dropout_rng: None (no dropout), row keys [B] or one key (module docstring).
         """
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        """The LM head: [..., H] -> [..., V] float32."""
+    def output_head(self) -> "LMHead":
+        """The LM head (`models/lm_head.py`): its weight [V, H], compute dtype, and any scale or soft cap."""
 
-    def target_logits(self, inputs_embeds: jax.Array, attention_mask: jax.Array, target_ids: jax.Array,
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """The LM head: [..., H] -> [..., V] float32 (`output_head().logits`)."""
+
+    def target_hidden(self, inputs_embeds: jax.Array, attention_mask: jax.Array, target_ids: jax.Array,
                       target_mask: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
-        """Teacher-forced logits that predict each target token: [R*B, L, V].
+        """Teacher-forced hidden states that predict each target token: [R*B, L, H] (the LM head's input).
 
         inputs_embeds [B, S, H] with mask [B, S]; target_ids / target_mask [R*B, L],
         R targets per input in example-major order (rank classification scores R = C
-        label strings). Position l of the result predicts target token l.
+        label strings). Position l of the result predicts target token l. The "lm" loss
+        and rank classification score them with `output_head().log_probs`, a chunk of
+        the vocabulary's logits at a time.
         dropout_rng: None (no dropout), row keys [B] (one per input) or one key.
         """
 

@@ -353,7 +353,7 @@ def remove(x: jax.Array, source: jax.Array) -> jax.Array:
 class PromptSite:
     """Where the soft prompt sits in a model's input: a prompt for every block, and who may see it.
 
-    A model given one (`prompt_site=` of `activations`, `target_logits`, `start_decode`) finds
+    A model given one (`prompt_site=` of `activations`, `target_hidden`, `start_decode`) finds
     the prompt's positions itself (`slots`), from the real-token numbering that padding, GPT-2's
     left-aligned prefill and appended targets all keep: row b's prompt vector p is the real
     token numbered start[b] + p.

@@ -5,10 +5,10 @@ Module and parameter names mirror the Hugging Face checkpoint
 layout (`Conv1D` weights are [in, out]), so loading is a name join, not a table.
 
 `GPT2` implements the library's seam (`models/base.py`): `embed` (token
-embeddings, no positions), `activations` (positions + blocks + final norm on
-[B, T, H] embeddings), `logits` (tied LM head), `target_logits` (targets placed
-right after each row's last real position), `start_decode` and
-`embedding_table`.
+embeddings, no positions), `forward_embeddings` (positions + blocks + final
+norm on [B, T, H] embeddings), `output_head` (the tied LM head), the KV cache
+and `embedding_table`; `models/causal_lm.py` builds the rest of the seam
+(targets placed right after each row's last real position, decoding) on them.
 
 Positions come from the attention mask (cumsum(mask) - 1, clipped at 0) in
 every path: the forward, the prompted model, target scoring and decoding. A
@@ -41,8 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prompt_tuning_jax.models import base, common
-from prompt_tuning_jax.models import prefix as prefix_lib
+from prompt_tuning_jax.models import base, causal_lm, common, lm_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +195,7 @@ class Attention(nnx.Module):
         """x [B, T, H], bias [B|1, 1, T, P+T] -> [B, T, H]; per-row dropout `keys` [B] or None.
 
         prefix: None, or the (k, v) [1, P, N, D] of P positions before x that every row
-        attends to (a shared prefix prompt, `GPT2.shared_prefix_target_logits`; prefix tuning, `models/prefix.py`).
+        attends to (a shared prefix prompt, `GPT2.shared_prefix_target_hidden`; prefix tuning, `models/prefix.py`).
         Dropout: attn_pdrop on the attention probabilities, resid_pdrop after c_proj.
         """
         b, t, h = x.shape
@@ -257,7 +256,7 @@ class Block(nnx.Module):
             return x + self.mlp(self.ln_2(x)), cache
 
 
-class GPT2(prefix_lib.PrefixSeam, nnx.Module):
+class GPT2(causal_lm.CausalLM, nnx.Module):
     """GPT-2 with its tied LM head (Hugging Face `GPT2LMHeadModel`).
 
     `dtype` is the compute dtype (float32 or bfloat16); `param_dtype` the storage
@@ -332,51 +331,25 @@ class GPT2(prefix_lib.PrefixSeam, nnx.Module):
             x = common.run_block(block, self.remat, x, bias, block_keys, kv)
         return self.ln_f(x)
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        """Tied LM head: [..., H] -> [..., V] in float32."""
-        with jax.named_scope("lm_head"):
-            return common.dense(hidden.astype(self.dtype), self.wte.weight[...], out_in=True, out_dtype=jnp.float32)
+    def output_head(self) -> lm_head.LMHead:
+        """The tied LM head: the token embeddings [V, H], in the compute dtype."""
+        return lm_head.LMHead(self.wte.weight[...], self.dtype)
 
-    def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
-                    dropout_rng=None, prompt_site=None):
-        """[B, S, H] embeddings -> (hidden [B, S, H], mask [B, S]): the prediction follows the last real input."""
-        hidden = self.forward_embeddings(inputs_embeds, attention_mask, dropout_rng=dropout_rng, prompt_site=prompt_site)
-        return hidden, attention_mask
-
-    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None,
-                      prompt_site=None):
-        """Targets [R*B, L] teacher-forced right after each input's last real position -> logits [R*B, L, V].
-
-        The target block counts as real whatever `target_mask` says: padded target
-        positions come after the real ones, so no real target attends to them.
-        Positions come from the mask, so the targets continue the real tokens' numbering.
-        With R > 1, copy r of row b draws its dropout masks from fold_in(key_b, r).
-        With R > 1 and no dropout (rank classification), the input runs once and each
-        target continues it from its keys and values (`_cached_target_logits`).
-        """
-        b, (rb, length) = inputs_embeds.shape[0], target_ids.shape
-        keys = common.repeat_keys(common.row_keys(dropout_rng, b) if self.config.has_dropout else None, rb // b)
-        if rb > b and keys is None:
-            return self._cached_target_logits(inputs_embeds, attention_mask, target_ids, prompt_site)
-        rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
-        at = rep(common.last_real(attention_mask) + 1)  # [R*B] where the first target token goes
-        # The last target token predicts nothing, so it is never run.
-        full, full_mask, _ = common.insert(rep(inputs_embeds), rep(attention_mask), self.embed(target_ids[:, :-1]), at)
-        site = None if prompt_site is None else prompt_site.replace(start=rep(prompt_site.start))
-        hidden = self.forward_embeddings(full, full_mask, dropout_rng=keys, prompt_site=site)  # [R*B, S+L-1, H]
-        # Target token l sits at at+l and is predicted from position at+l-1.
-        pos = at[:, None] - 1 + jnp.arange(length)[None, :]
-        return self.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
+    def _check_length(self, positions: int, what: str) -> None:
+        if positions > self.config.n_positions:
+            p = self.prefix_length
+            raise ValueError(f"{what}{f' + a prefix of {p}' if p else ''} exceed GPT-2's n_positions "
+                             f"{self.config.n_positions}")
 
     # --- a prefix shared by every row (a prefix prompt), run once per batch ------------------
-    def shared_prefix_target_logits(self, prefix, inputs_embeds, attention_mask, target_ids, target_mask):
-        """`target_logits` of [prefix; input] rows whose [P, H] prefix is the same for all, without dropout.
+    def shared_prefix_target_hidden(self, prefix, inputs_embeds, attention_mask, target_ids, target_mask):
+        """`target_hidden` of [prefix; input] rows whose [P, H] prefix is the same for all, without dropout.
 
         In a causal model the prefix sees only itself, and positions come from the mask
         (the prefix holds 0..P-1 in every row), so its keys and values are the same in
         every row: they are computed once ([1, P]) and every row attends to them.
         inputs_embeds [B, T, H] / attention_mask [B, T] exclude the prefix; targets
-        [R*B, L] as in `target_logits`. Same logits (and gradients) as inserting the prefix.
+        [R*B, L] as in `target_hidden`. Same states (and gradients) as inserting the prefix.
         """
         (b, t, _), (rb, length), p = inputs_embeds.shape, target_ids.shape, prefix.shape[0]
         if p + t + length > self.config.n_positions:
@@ -396,76 +369,7 @@ class GPT2(prefix_lib.PrefixSeam, nnx.Module):
         # Target l is predicted from the position before it: the prefix's last one for l = 0 of an empty input.
         hidden = jnp.concatenate([jnp.broadcast_to(prefix_hidden[:, -1:], (rb, 1, x.shape[-1])), self.ln_f(x)], 1)
         pos = at[:, None] + jnp.arange(length)[None, :]  # in `hidden`, shifted by the prefix's row
-        return self.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1))
-
-    def start_decode(self, inputs_embeds, attention_mask, max_new_tokens: int, prompt_site=None):
-        """Prefill of [B, S, H] embeddings -> (next-token logits [B, V], cache, step).
-
-        The sequence is left-aligned first (pads, then real tokens, one gather) and
-        positions are cumsum(mask) - 1, as Hugging Face's `generate` does, so
-        generation continues right after each row's last real position whatever
-        the padding side or prompt placement.
-        """
-        s, p = inputs_embeds.shape[1], self.prefix_length
-        if p + s + max_new_tokens > self.config.n_positions:
-            raise ValueError(f"{s} input positions + max_new_tokens {max_new_tokens}{f' + a prefix of {p}' if p else ''}"
-                             f" exceed GPT-2's n_positions {self.config.n_positions}")
-        prefix_kv = self._prefix_kv()  # once for the whole decode, shared by every row and step
-        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, max_new_tokens,
-                                                                 prompt_site, prefix_kv)
-
-        def step(cache, tokens, t):
-            h, cache = self.forward_cached(self.embed(tokens[:, None]), cache_mask, (next_position + t)[:, None],
-                                           cache, s + t, prefix_kv=prefix_kv)
-            return self.logits(h[:, 0]), cache
-
-        return self.logits(hidden[:, -1]), cache, step
-
-    def _prefill(self, inputs_embeds, attention_mask, extra: int, prompt_site=None, prefix_kv=None):
-        """[B, S, H] embeddings into a cache of S + `extra` slots.
-
-        -> (hidden [B, S, H], cache, cache_mask [B, S + extra], next_position [B]). The
-        sequence is left-aligned first (pads, then real tokens, one gather) and positions
-        are cumsum(mask) - 1, as Hugging Face's `generate` does, so what follows in the
-        `extra` slots continues right after each row's last real position.
-        """
-        b = inputs_embeds.shape[0]
-        order = jnp.argsort(attention_mask > 0, axis=1, stable=True)  # pads first, real tokens in order
-        embeds = jnp.take_along_axis(inputs_embeds, order[..., None], axis=1)
-        mask = jnp.take_along_axis(attention_mask, order, axis=1)
-        positions = common.positions_from_mask(mask)  # as forward_embeddings numbers them
-        cache_mask = jnp.concatenate([mask, jnp.ones((b, extra), mask.dtype)], axis=1)  # [B, S + extra]
-        cache = self.init_cache(b, mask.shape[1] + extra)
-        hidden, cache = self.forward_cached(embeds, cache_mask, positions, cache, 0, prompt_site, prefix_kv)
-        return hidden, cache, cache_mask, positions[:, -1] + 1
-
-    def _cached_target_logits(self, inputs_embeds, attention_mask, target_ids, prompt_site=None):
-        """R targets per input [R*B, L] scored from one run of the input -> logits [R*B, L, V].
-
-        The input's keys and values are computed once and copied R times; each copy
-        then runs only its L target tokens. Target l is predicted from the input's
-        last real position (l = 0) or from target l - 1.
-        """
-        (b, s, _), (rb, length) = inputs_embeds.shape, target_ids.shape
-        rep = lambda x: jnp.repeat(x, rb // b, axis=0)  # [B, ...] -> [R*B, ...]
-        prefix_kv = self._prefix_kv()
-        hidden, cache, cache_mask, next_position = self._prefill(inputs_embeds, attention_mask, length - 1, prompt_site,
-                                                                 prefix_kv)
-        positions = rep(next_position)[:, None] + jnp.arange(length - 1)[None, :]  # [R*B, L-1]
-        # The last target token predicts nothing, so it is never run.
-        targets, _ = self.forward_cached(self.embed(target_ids[:, :-1]), rep(cache_mask), positions,
-                                         jax.tree.map(rep, cache), s, prefix_kv=prefix_kv)
-        return self.logits(jnp.concatenate([rep(hidden[:, -1:]), targets], axis=1))
-
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 position_ids: jax.Array | None = None, *, dropout_rng: jax.Array | None = None) -> jax.Array:
-        """input_ids [B, T], attention_mask [B, T] (1 = real) -> logits [B, T, V] (float32).
-
-        Positions default to cumsum(attention_mask) - 1 (see `forward_embeddings`);
-        pass `position_ids` to number them otherwise. No dropout unless `dropout_rng` is given.
-        """
-        return self.logits(self.forward_embeddings(self.embed(input_ids), attention_mask, position_ids,
-                                                   dropout_rng))
+        return jnp.take_along_axis(hidden, pos[..., None], axis=1)
 
     # --- incremental decoding with a KV cache ------------------------------------
     def init_cache(self, batch: int, max_length: int):

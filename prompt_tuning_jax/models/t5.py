@@ -9,7 +9,7 @@ Differences that matter (all read from config.json):
 - No 1/sqrt(d) attention scaling; relative position bias from layer 0 shared by the stack.
 
 `T5` implements the library's seam (`models/base.py`): `embed`, `activations`
-(the encoder on embeddings, then the decoder), `logits`, `target_logits` (the
+(the encoder on embeddings, then the decoder), `output_head` and `logits`, `target_hidden` (the
 encoder once per input, the decoder once per target), `start_decode` and
 `embedding_table`; `encode` and `decode` are the two halves.
 
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prompt_tuning_jax.models import base, common
+from prompt_tuning_jax.models import base, common, lm_head
 from prompt_tuning_jax.models import prefix as prefix_lib
 
 
@@ -509,13 +509,15 @@ class T5(prefix_lib.PrefixSeam, nnx.Module):
         return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_hidden, encoder_mask,
                             keys=keys, prefix_kv=self._prefix_kv())
 
+    def output_head(self) -> lm_head.LMHead:
+        """The LM head [V, d] in the compute dtype, with v1.0's d_model**-0.5 rescale when configured."""
+        w = self.embedding_table if self.config.tie_word_embeddings else self.lm_head.weight[...]
+        return lm_head.LMHead(w, self.dtype, scale=self.config.d_model**-0.5 if self.config.scale_decoder_outputs
+                              else None)
+
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """[..., d] -> [..., V] float32, with v1.0's d_model**-0.5 rescale when configured."""
-        with jax.named_scope("lm_head"):
-            if self.config.scale_decoder_outputs:
-                hidden = hidden * self.config.d_model**-0.5
-            w = self.embedding_table if self.config.tie_word_embeddings else self.lm_head.weight[...]
-            return common.dense(hidden.astype(self.dtype), w, out_in=True, out_dtype=jnp.float32)
+        """[..., d] -> [..., V] float32."""
+        return self.output_head().logits(hidden)
 
     def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
                     dropout_rng=None, prompt_site=None):
@@ -535,9 +537,10 @@ class T5(prefix_lib.PrefixSeam, nnx.Module):
                 else jnp.ones(decoder_input_ids.shape, jnp.int32))
         return hidden, mask
 
-    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None,
+    def target_hidden(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None,
                       prompt_site=None):
-        """The encoder once per input [B, S, d], the decoder once per target [R*B, L] -> logits [R*B, L, V].
+        """The encoder once per input [B, S, d], the decoder once per target [R*B, L] -> the decoder states that
+        predict each target token [R*B, L, d] (the LM head's input).
 
         Dropout keys as in `activations`; with R > 1, decoder copy r of row b folds in r.
         """
@@ -548,8 +551,13 @@ class T5(prefix_lib.PrefixSeam, nnx.Module):
         start = jnp.full((rb, 1), self.config.decoder_start_token_id, target_ids.dtype)
         decoder_input_ids = jnp.concatenate([start, target_ids[:, :-1]], axis=1)  # shifted right
         decoder_keys = common.repeat_keys(common.fold(keys, 1), rb // b)
-        return self.logits(self.decode(decoder_input_ids, rep(encoded), rep(attention_mask), target_mask,
-                                       decoder_keys))
+        return self.decode(decoder_input_ids, rep(encoded), rep(attention_mask), target_mask, decoder_keys)
+
+    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None,
+                      prompt_site=None):
+        """`target_hidden` through the LM head -> logits [R*B, L, V]."""
+        return self.logits(self.target_hidden(inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng,
+                                              prompt_site))
 
     def start_decode(self, inputs_embeds, attention_mask, max_new_tokens: int, prompt_site=None):
         """Encoder + first decoder step -> (logits [B, V], decoder self-attention cache, step)."""

@@ -174,29 +174,35 @@ class PromptedModel(nnx.Module):
         embeds, mask, _, site = self._combine(input_ids, attention_mask, task_index)
         return self.model.start_decode(embeds, mask, max_new_tokens, **site)
 
-    def target_logits(self, input_ids, attention_mask, target_ids, target_mask, task_index=None,
+    def target_hidden(self, input_ids, attention_mask, target_ids, target_mask, task_index=None,
                       dropout_rng=None) -> jax.Array:
-        """Targets [R*B, L] teacher-forced after the prompted inputs [B, T] -> logits [R*B, L, V].
+        """Targets [R*B, L] teacher-forced after the prompted inputs [B, T] -> the states predicting them [R*B, L, H].
 
-        Where targets go is the model's business (`target_logits`: GPT-2 continues the
+        Where targets go is the model's business (`target_hidden`: GPT-2 continues the
         prompted input, T5 decodes them). One prefix prompt in a causal model without
         dropout (and one target per input) runs once per batch, not once per row
-        (`shared_prefix_target_logits`): the same logits and gradients, less work.
+        (`shared_prefix_target_hidden`): the same states and gradients, less work.
         """
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         if self._shares_prefix(dropout_rng) and target_ids.shape[0] == input_ids.shape[0]:
             embeds = self.model.embed(input_ids)
-            return self.model.shared_prefix_target_logits(self.prompt.astype(embeds.dtype), embeds, attention_mask,
+            return self.model.shared_prefix_target_hidden(self.prompt.astype(embeds.dtype), embeds, attention_mask,
                                                           target_ids, target_mask)
         embeds, mask, _, site = self._combine(input_ids, attention_mask, task_index, dropout_rng)
-        return self.model.target_logits(embeds, mask, target_ids, target_mask, dropout_rng=dropout_rng, **site)
+        return self.model.target_hidden(embeds, mask, target_ids, target_mask, dropout_rng=dropout_rng, **site)
+
+    def target_logits(self, input_ids, attention_mask, target_ids, target_mask, task_index=None,
+                      dropout_rng=None) -> jax.Array:
+        """`target_hidden` through the model's LM head -> logits [R*B, L, V]."""
+        return self.model.logits(self.target_hidden(input_ids, attention_mask, target_ids, target_mask, task_index,
+                                                    dropout_rng))
 
     def _shares_prefix(self, dropout_rng) -> bool:
         return (self.placement == "prefix" and self.num_tasks == 1 and self.prompt_module is None
                 and self.layer_combine is None and self.visibility is None
                 and self.soft_prompt.shape[-2] > 0
-                and hasattr(self.model, "shared_prefix_target_logits")
+                and hasattr(self.model, "shared_prefix_target_hidden")
                 and getattr(self.model, "prefix", None) is None  # a prefix's keys (METHOD 'prefix:P') go first
                 and (dropout_rng is None or not self.model.config.has_dropout))
 

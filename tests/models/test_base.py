@@ -19,7 +19,7 @@ from flax import nnx
 import prompt_tuning_jax as ptj
 from prompt_tuning_jax import decoding, info
 from prompt_tuning_jax.experiments import DataSpec, DecodeSpec, ModelSpec, PromptSpec, TrainSpec, evaluate, infer, train
-from prompt_tuning_jax.models import base, common
+from prompt_tuning_jax.models import base, common, lm_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +76,13 @@ class Toy(nnx.Module):
                     dropout_rng=None):  # no dropout: the training step's keys are accepted and ignored
         return self._hidden(inputs_embeds, attention_mask), attention_mask
 
-    def logits(self, hidden):
-        return jnp.einsum("...h,vh->...v", hidden, self.wte[...], preferred_element_type=jnp.float32)
+    def output_head(self):
+        return lm_head.LMHead(self.wte[...], self.dtype)
 
-    def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None):
+    def logits(self, hidden):
+        return self.output_head().logits(hidden)
+
+    def target_hidden(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None):
         # Targets go after the padding: positions come from the mask, so that is the same as
         # right after the last real token. Target l is read at the position before it.
         (b, s, _), (rb, length) = inputs_embeds.shape, target_ids.shape
@@ -89,7 +92,7 @@ class Toy(nnx.Module):
         hidden = self._hidden(x, mask)
         read = jnp.concatenate([common.last_real(rep(attention_mask))[:, None],
                                 s + jnp.arange(length - 1)[None].repeat(rb, 0)], axis=1)
-        return self.logits(jnp.take_along_axis(hidden, read[..., None], axis=1))
+        return jnp.take_along_axis(hidden, read[..., None], axis=1)
 
     def start_decode(self, inputs_embeds, attention_mask, max_new_tokens):
         b, s, h = inputs_embeds.shape

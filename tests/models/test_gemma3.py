@@ -137,7 +137,7 @@ def test_greedy_matches_transformers_generate(gemma, rng):
 
 
 def test_rank_targets_from_one_run_of_the_input_equal_separate_runs(gemma, rng):
-    """R targets per input reuse the input's keys and values (`_cached_target_logits`); the logits equal running
+    """R targets per input reuse the input's keys and values (`_cached_target_hidden`); the logits equal running
     input + target once per target, as training does."""
     _, folder = gemma
     model = ptj.from_pretrained(folder)
