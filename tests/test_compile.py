@@ -3,6 +3,7 @@
 Skipped without libtpu; CI installs it (`pip install "jax[tpu]==<installed jax>"`).
 """
 import json
+import re
 
 import jax
 import numpy as np
@@ -110,8 +111,9 @@ def test_prefix_tuning_with_a_projection_compiles_for_v5litepod_4():
     # 4.5B float32 parameters: 17.5 GiB of weights on a 16 GiB v5e chip; refused before compiling
     (1_100_000, 4, "the frozen weights alone take 17.5 GiB (so it was not compiled) but a chip has 16.0 GiB",
      ("MESH_SHAPE=(-1, 2)", "bfloat16", "parameter_partitioning_2d.gin")),
-    # 15.6 GiB of weights fit, but the logits of 64 rows a chip do not: XLA:TPU's own refusal, parsed
-    (970_000, 256, "(weights 15.6, trainable 0.00, batch 0.00, temporaries 16.1) but a chip has 16.0 GiB",
+    # 15.6 GiB of weights fit, but the step's temporaries for 64 rows a chip do not: XLA:TPU's own refusal, its
+    # figure parsed
+    (970_000, 256, "(weights 15.6, trainable 0.00, batch 0.00, temporaries {}) but a chip has 16.0 GiB",
      ("MESH_SHAPE=(-1, 2)", "ACCUM_STEPS", "bfloat16", "parameter_partitioning_2d.gin"))])
 def test_a_run_that_cannot_fit_fails_with_one_error_line(tmp_path, capsys, vocab, batch, says, advice):
     """Exit 2, one error line naming the program, the GiB against the HBM and what to change; the JSON says no."""
@@ -131,9 +133,17 @@ def test_a_run_that_cannot_fit_fails_with_one_error_line(tmp_path, capsys, vocab
     assert len(errors) == 1
     line = errors[0]
     assert line.startswith("error: train_step needs ") and "GiB per chip on MESH_SHAPE (4, 1)" in line
+    parsed = "{}" in says  # XLA:TPU's figure, parsed from its refusal: over what the weights leave
+    if parsed:
+        temporaries = re.search(r"temporaries ([\d.]+)\)", line)
+        assert temporaries and float(temporaries.group(1)) > 16.0 - 15.6
+        says = says.format(temporaries.group(1))
     assert says in line
     for tip in advice:
         assert tip in line
     assert ("ACCUM_STEPS" in line) == ("ACCUM_STEPS" in advice)  # no batch advice when weights alone are too big
     plan = json.loads(out.read_text())
     assert not plan["fits"] and not plan["programs"]["train_step"]["fits"]
+    if parsed:  # the JSON holds the same figure, in bytes
+        temporary = plan["programs"]["train_step"]["bytes_per_chip"]["temporary"]
+        assert f"{temporary / 2**30:.1f}" == temporaries.group(1)

@@ -6,8 +6,8 @@
 
 With a 128k-262k vocabulary the float32 logits of a training step, [B*L, V], and their gradient are its
 largest buffers (Llama 3's 128,256 tokens: 525 MB each for B8 x 128). `log_probs` never holds them whole: it
-runs the head over the target positions in chunks of about `chunk_bytes` of logits (`lax.map`), and a custom
-VJP takes the gradient of every chunk while its logits are still there:
+runs the head over the target positions in chunks of about `chunk_bytes` of logits (at most MAX_CHUNKS of them),
+and a custom VJP takes the gradient of every chunk while its logits are still there:
 
     forward, per chunk:  z = h W^T -> y (soft-capped) -> log p = y[t] - logsumexp(y)
                          dh = (onehot(t) - softmax(y)) dy/dz W         (only when h is differentiated)
@@ -21,6 +21,15 @@ path's (`logits` then log_softmax) to float32 rounding (tests/models/test_lm_hea
 Chunks are strided over the target positions (chunk c holds positions c, c + n, c + 2n, ...), so the batch
 axis and its sharding are untouched: every device works on its own rows. Targets shorter than the chunking
 would split (rank classification's few label tokens) are scored in one piece.
+
+On TPU the chunks are unrolled (one matmul pair each), elsewhere they are a `lax.map` loop. Inside a while loop
+XLA hoists whatever depends on the weight alone out of the loop, and XLA:TPU starts a float32 matmul at default
+precision with a cast of the weight to bfloat16: hoisted, that is a copy of the whole table (half its float32
+bytes) held through the step. Unrolled, each chunk's matmul casts as it reads, as the plain path's does
+(tests/models/test_lm_head.py compiles both for a TPU chip). XLA:CPU, on the other hand, runs unrolled chunks
+side by side (all their logits at once), so there the loop stays. MAX_CHUNKS keeps the unrolled program small:
+past it the chunks grow instead. A cast the code asks for (a float32 table under bfloat16 compute) is hoisted
+out of the loop the same way on CPU and GPU, and out of a trained head's weight-gradient loop everywhere.
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ import jax.numpy as jnp
 from prompt_tuning_jax.models import common
 
 CHUNK_BYTES = 64 << 20  # float32 logits per chunk in `log_probs` (all rows of the global batch)
+MAX_CHUNKS = 16  # chunks in `log_probs` at most (unrolled in the program on TPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +67,14 @@ class LMHead:
     def log_probs(self, hidden: jax.Array, targets: jax.Array, chunk_bytes: int | None = None) -> jax.Array:
         """log softmax(logits(hidden))[target]: hidden [..., L, H], targets [..., L] -> [..., L] float32.
 
-        The logits are made about `chunk_bytes` (default CHUNK_BYTES) at a time, never all at once.
+        The logits are made about `chunk_bytes` (default CHUNK_BYTES) at a time, in MAX_CHUNKS pieces at most,
+        never all at once.
         """
         *lead, length, h = hidden.shape
         rows = math.prod(lead)
         per_chunk = max(1, (chunk_bytes or CHUNK_BYTES) // (4 * self.weight.shape[0] * max(rows, 1)))
-        n = -(-length // per_chunk)  # chunks
+        n = min(-(-length // per_chunk), MAX_CHUNKS)  # chunks
+        per_chunk = -(-length // n)
         with jax.named_scope("lm_loss"):
             if n == 1:
                 return target_log_probs(self.logits(hidden), targets)
@@ -114,7 +126,7 @@ def _hidden_grad(g, weight, dtype, scale, like):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _chunked(x, t, weight, dtype, scale, softcap):
     """x [n, R, C, H], t [n, R, C] -> log p [n, R, C], one chunk (leading axis) at a time."""
-    return jax.lax.map(lambda xt: target_log_probs(_logits(xt[0], weight, dtype, scale, softcap), xt[1]), (x, t))
+    return _chunk_map(lambda h, tc: target_log_probs(_logits(h, weight, dtype, scale, softcap), tc), x, t)
 
 
 def _chunked_fwd(x, t, weight, dtype, scale, softcap):
@@ -123,11 +135,11 @@ def _chunked_fwd(x, t, weight, dtype, scale, softcap):
     if not want_h:
         return _chunked(x, t, weight, dtype, scale, softcap), (None, x, t, weight, want_w)
 
-    def chunk(xt):
-        logp, g = _logits_and_dlogits(xt[0], xt[1], weight, dtype, scale, softcap)
-        return logp, _hidden_grad(g, weight, dtype, scale, xt[0])
+    def chunk(h, tc):
+        logp, g = _logits_and_dlogits(h, tc, weight, dtype, scale, softcap)
+        return logp, _hidden_grad(g, weight, dtype, scale, h)
 
-    logp, dh = jax.lax.map(chunk, (x, t))
+    logp, dh = _chunk_map(chunk, x, t)
     return logp, (dh, x, t, weight, want_w)
 
 
@@ -147,6 +159,16 @@ def _chunked_bwd(dtype, scale, softcap, residuals, ct):
         ct_w, _ = jax.lax.scan(add, jnp.zeros(weight.shape, jnp.float32), (x, t, ct.astype(jnp.float32)))
         ct_w = ct_w.astype(weight.dtype)
     return ct_x, None, ct_w
+
+
+def _chunk_map(f, x, t):
+    """f(x[c], t[c]) for each chunk c of the leading axis, stacked, one chunk after another: a `lax.map` loop,
+    but unrolled on TPU (see the module docstring)."""
+    def unrolled(x, t):
+        outs = [f(x[c], t[c]) for c in range(x.shape[0])]
+        return jax.tree.map(lambda *o: jnp.stack(o), *outs)
+
+    return jax.lax.platform_dependent(x, t, tpu=unrolled, default=lambda x, t: jax.lax.map(lambda xt: f(*xt), (x, t)))
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)

@@ -10,6 +10,7 @@ from flax import nnx
 from helpers import padded_batch, tiny_model
 
 import prompt_tuning_jax as ptj
+from prompt_tuning_jax import topologies
 from prompt_tuning_jax.heads import target_token_logprobs
 from prompt_tuning_jax.models import lm_head
 from prompt_tuning_jax.variables import Trainable
@@ -70,26 +71,34 @@ def test_bfloat16_compute_gradient_matches_the_plain_path(rng):
     assert float(jnp.abs(g_lean - g_plain).max()) < 0.02 * float(jnp.abs(g_plain).max())
 
 
-def _dots(jaxpr) -> int:
-    """Matrix products in a jaxpr, nested ones (the chunk loop's body) included."""
-    count = 0
-    for eqn in jaxpr.eqns:
-        count += eqn.primitive.name == "dot_general"
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            count += _dots(sub)
-    return count
+def _dots(f, *args, platform="cpu") -> int:
+    """Matrix products in f's program as lowered for `platform`: a loop body's once, unrolled chunks' each."""
+    return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text().count("stablehlo.dot_general")
 
 
 def test_a_frozen_head_costs_two_products_and_no_weight_gradient(rng):
     """Prompt tuning differentiates the hidden states only: the step does the head's two matrix products (logits,
-    d/dh) per chunk, as the plain path does; a trained head adds the recomputation for its weight's gradient."""
+    d/dh) per chunk, as the plain path does; a trained head adds the recomputation for its weight's gradient. On
+    CPU the chunks are one loop, on TPU they are unrolled."""
     head = _head(rng)
-    hidden, targets, weights = _inputs(rng)
+    hidden, targets, weights = _inputs(rng)  # 3 rows of 11 positions: one position (3 rows) a chunk, 11 chunks
     lean = lambda h, w: jnp.sum(lm_head.LMHead(w, jnp.float32).log_probs(h, targets, chunk_bytes=3 * 4 * V) * weights)
-    frozen = jax.make_jaxpr(jax.grad(lean))(hidden, head.weight)
-    trained = jax.make_jaxpr(jax.grad(lean, (0, 1)))(hidden, head.weight)
-    assert _dots(frozen.jaxpr) == 2
-    assert _dots(trained.jaxpr) == 4
+    frozen, trained = jax.grad(lean), jax.grad(lean, (0, 1))
+    assert _dots(frozen, hidden, head.weight) == 2
+    assert _dots(trained, hidden, head.weight) == 4
+    assert _dots(frozen, hidden, head.weight, platform="tpu") == 2 * 11
+    assert _dots(trained, hidden, head.weight, platform="tpu") == 2 * 11 + 2
+
+
+def test_the_chunks_are_at_most_max_chunks(rng, monkeypatch):
+    """Past MAX_CHUNKS the chunks grow: 11 positions in 4 chunks (3, 3, 3 and 2 positions), the values unchanged."""
+    head = _head(rng)
+    hidden, targets, _ = _inputs(rng)
+    plain = _plain(head, hidden, targets)
+    monkeypatch.setattr(lm_head, "MAX_CHUNKS", 4)
+    lean = lambda h: head.log_probs(h, targets, chunk_bytes=3 * 4 * V)
+    assert _dots(lean, hidden, platform="tpu") == 4
+    np.testing.assert_allclose(lean(hidden), plain, rtol=1e-6, atol=1e-5)
 
 
 def test_the_compiled_step_never_holds_the_whole_logits(rng):
@@ -109,6 +118,29 @@ def test_the_compiled_step_never_holds_the_whole_logits(rng):
     plain, lean = temp_bytes(logits_bytes), temp_bytes(logits_bytes // 16)
     assert plain >= logits_bytes
     assert lean < logits_bytes / 4, (lean, plain)
+
+
+@pytest.mark.skipif(not topologies.has_libtpu(), reason=f"needs libtpu, the TPU compiler: {topologies.install_command()}")
+def test_on_tpu_the_step_holds_neither_the_logits_nor_a_copy_of_the_table():
+    """Compiled for one v5e chip (float32 table and compute, so XLA:TPU casts the table to bfloat16 for its default
+    precision): the gradient's temporaries stay under an eighth of the logits and under a tenth of the table's
+    bfloat16 bytes, so neither the [N, V] logits nor a cast copy of the [V, H] table is held (a `lax.map` over the
+    chunks held the copy: the cast was hoisted out of the loop), while the plain path holds the logits."""
+    v, h, n, length = 65_536, 1024, 8, 64  # a 256 MiB table, 128 MiB of logits
+    device = topologies.target_devices(topologies.accelerator("v5litepod-1"))[0]
+    replicated = jax.sharding.SingleDeviceSharding(device)
+    args = (jax.ShapeDtypeStruct((n, length, h), jnp.float32, sharding=replicated),
+            jax.ShapeDtypeStruct((v, h), jnp.float32, sharding=replicated),
+            jax.ShapeDtypeStruct((n, length), jnp.int32, sharding=replicated))
+
+    def temp_bytes(chunk_bytes):
+        loss = lambda x, w, t: lm_head.LMHead(w, jnp.float32).log_probs(x, t, chunk_bytes=chunk_bytes).sum()
+        return jax.jit(jax.grad(loss)).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    logits_bytes, table_bf16 = n * length * v * 4, v * h * 2
+    plain, lean = temp_bytes(logits_bytes), temp_bytes(logits_bytes // 16)
+    assert plain >= logits_bytes
+    assert lean < logits_bytes / 8 and lean < table_bf16 / 10, (lean, plain)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "t5", "llama", "gemma3"])
