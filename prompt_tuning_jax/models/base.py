@@ -72,7 +72,8 @@ class PromptableModel(Protocol):
     A family module also gives its model class the constructor
     `(config, *, dtype, param_dtype, remat, rngs)` and `checkpoint_key(path)`
     (our parameter path -> the Hugging Face tensor name), which `models/hf.py`
-    uses to load and save checkpoints.
+    uses to load and save checkpoints; a family that reads names other than
+    the ones it writes (Gemma 3's multimodal checkpoints) adds `load_key(path)`.
     """
 
     config: Any

@@ -4,6 +4,24 @@ Module and parameter names mirror the Hugging Face checkpoint of `Gemma3ForCausa
 `gemma3_text`: `model.layers.0.self_attn.q_proj.weight`, ...), and `nn.Linear` weights keep their
 [out, in] layout, so loading is a name join (`checkpoint_key` adds `model.`).
 
+Multimodal checkpoints (the hub's 4B, 12B and 27B: model_type `gemma3`, `Gemma3ForConditionalGeneration`) load
+as this text model: prompt tuning feeds text only, so the vision tower and the multi-modal projector are ignored,
+and their tensors are never read (a safetensors file is read tensor by tensor; a pytorch_model.bin is unpickled
+whole by torch, so there they are read but not used). What is read:
+- the config: `text_config` as transformers 5 reads it (`multimodal_text_config`): a field it omits takes
+  Gemma3TextConfig's default (the hub's 4B config names five), nothing at the top level is copied into it;
+  final_logit_softcapping is dropped (with a warning if set), as Gemma3ForConditionalGeneration never applies it;
+- the tensors, in either layout transformers 5 loads (`LAYOUTS`, picked from the tensor names and kept in
+  `config.checkpoint_prefix`): `language_model.model.*` (+ `language_model.lm_head.weight` when untied), as the
+  hub's files hold them and as transformers' `save_pretrained` still writes them (it reverses its renaming), or
+  `model.language_model.*` (+ `lm_head.weight`), the module names, which `save_pretrained(...,
+  save_original_format=False)` writes. `Gemma3.load_key` gives those names; `checkpoint_key` stays gemma3_text's;
+- the head: untied exactly when the checkpoint holds one (transformers 5 ties by the top-level
+  `tie_word_embeddings`, and saves no head when it ties).
+`save_pretrained` of such a model writes a text-only `gemma3_text` checkpoint (Gemma3ForCausalLM, no vision tower),
+whose logits on text are the multimodal model's; PEFT adapters exported from it name the modules as
+Gemma3ForCausalLM does, so they apply to that checkpoint, not to the multimodal one.
+
 What matches transformers' `Gemma3ForCausalLM` (modeling_gemma3.py):
 - `embed_tokens` multiplies the looked-up rows by sqrt(H) in the compute dtype
   (`Gemma3TextScaledWordEmbedding`); `embed(ids)` returns them scaled, so a soft prompt enters beside
@@ -33,9 +51,6 @@ Where we differ:
   included, and hides the slots outside the window by the mask; transformers keeps only the last
   `sliding_window` for those (the same numbers, less memory at long lengths);
 - `embedding_table` is the table as `embed` sees it, times sqrt(H) (see its docstring);
-- only `gemma3_text` checkpoints load: the hub's 4B, 12B and 27B are `gemma3` (Gemma3ForConditionalGeneration,
-  the text config nested under `text_config`, weights under `language_model.model.*`, beside a vision tower),
-  so their configs are PRESETS here (for planning runs) but their folders are not read yet.
 
 Dropout: Gemma 3 has only `attention_dropout`, on the attention probabilities after the softmax, as
 transformers' eager attention applies it in train mode; each row draws its masks from its own key
@@ -63,6 +78,16 @@ from prompt_tuning_jax.models.llama import Linear  # the same projection: PyTorc
 logger = logging.getLogger(__name__)
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
+
+
+# Where a checkpoint keeps the text model: the prefix of the decoder's tensors -> the name of an untied LM head.
+LAYOUTS = {
+    "model.": "lm_head.weight",  # Gemma3ForCausalLM (gemma3_text)
+    # Gemma3ForConditionalGeneration (gemma3): the hub's files, and what transformers' save_pretrained writes
+    "language_model.model.": "language_model.lm_head.weight",
+    "model.language_model.": "lm_head.weight",  # ... its module names (save_pretrained(save_original_format=False))
+}
+MULTIMODAL_PREFIXES = ("language_model.model.", "model.language_model.")
 
 
 def _rope_items(theta: float, **scaling) -> tuple:
@@ -96,7 +121,9 @@ class Gemma3Config:
     tie_word_embeddings: bool = True
     query_pre_attn_scalar: float = 256
     sliding_window: int | None = 4096
-    sliding_window_pattern: int = 6
+    # Only fills `layer_types` when they are not given (older configs): the layer types are what count, so it is
+    # neither written to config.json nor part of equality.
+    sliding_window_pattern: int = dataclasses.field(default=6, compare=False)
     layer_types: tuple[str, ...] | None = None
     rope_global: tuple = _rope_items(1_000_000.0)
     rope_local: tuple = _rope_items(10_000.0)
@@ -107,6 +134,9 @@ class Gemma3Config:
     # How attention runs ('auto' | 'einsum' | 'xla' | 'cudnn', see `common.pick_attention`); a runtime
     # choice, not part of config.json.
     attention: str = "auto"
+    # Where the checkpoint this config was read from keeps the text model's tensors (a key of LAYOUTS; see the
+    # module docstring): read by loading only (`Gemma3.load_key`), so not part of config.json nor of equality.
+    checkpoint_prefix: str = dataclasses.field(default="model.", compare=False)
 
     model_type = "gemma3_text"
 
@@ -130,6 +160,8 @@ class Gemma3Config:
                              "the window (Gemma 3: 512 for 1B, 1024 for 4B and up), or make every layer full_attention")
         for params in (self.rope_global, self.rope_local):
             rope.parameters({"rope_parameters": dict(params)})  # an unknown rope_type fails here
+        if self.checkpoint_prefix not in LAYOUTS:
+            raise ValueError(f"checkpoint_prefix must be one of {list(LAYOUTS)}, got {self.checkpoint_prefix!r}")
 
     @property
     def prompt_blocks(self) -> int:
@@ -153,7 +185,13 @@ class Gemma3Config:
     def from_hf(cls, config: dict[str, Any], tensor_names=None) -> "Gemma3Config":
         """From a `gemma3_text` config.json: transformers 5's (`rope_parameters` per layer type, `layer_types`) or
         the hub's older one (`rope_theta`, `rope_local_base_freq`, `rope_scaling` for the global layers and
-        `sliding_window_pattern`), read as transformers reads them. A list of EOS ids keeps the first."""
+        `sliding_window_pattern`), read as transformers reads them. A list of EOS ids keeps the first.
+
+        A multimodal `gemma3` config.json gives its language model's (`multimodal_text_config`); `tensor_names`,
+        the checkpoint's, then tell where its tensors are (`checkpoint_prefix`) and whether it has its own head."""
+        prefix = "model."
+        if config.get("model_type") == "gemma3":
+            config, prefix = multimodal_text_config(config, tensor_names)
         if config.get("use_bidirectional_attention"):
             raise ValueError("use_bidirectional_attention is set (an embedding model such as EmbeddingGemma): only "
                              "causal Gemma 3 language models are supported")
@@ -164,7 +202,8 @@ class Gemma3Config:
             logger.warning("attn_logit_softcapping %s is not applied: transformers' Gemma 3 ignores it too",
                            config["attn_logit_softcapping"])
         names = {f.name for f in dataclasses.fields(cls)} - {"attention", "rope_global", "rope_local", "layer_types",
-                                                              "eos_token_id", "sliding_window_pattern"}
+                                                              "eos_token_id", "sliding_window_pattern",
+                                                              "checkpoint_prefix"}
         kwargs = {k: v for k, v in config.items() if k in names}
         eos = config.get("eos_token_id", 1)
         kwargs["eos_token_id"] = eos[0] if isinstance(eos, (list, tuple)) else eos
@@ -179,7 +218,8 @@ class Gemma3Config:
             full = rope.parameters({"rope_theta": config.get("rope_theta", 1_000_000.0),
                                     "rope_scaling": config.get("rope_scaling")})
             local = rope.parameters({"rope_theta": config.get("rope_local_base_freq", 10_000.0)})
-        return cls(**kwargs, rope_global=tuple(sorted(full.items())), rope_local=tuple(sorted(local.items())))
+        return cls(**kwargs, rope_global=tuple(sorted(full.items())), rope_local=tuple(sorted(local.items())),
+                   checkpoint_prefix=prefix)
 
     def describe(self) -> str:
         sliding = self.layer_types.count("sliding_attention")
@@ -190,12 +230,46 @@ class Gemma3Config:
                 f"{self.intermediate_size}, vocab {self.vocab_size}")
 
     def to_hf(self) -> dict[str, Any]:
-        skip = {"attention", "rope_global", "rope_local", "sliding_window_pattern"}
+        skip = {"attention", "rope_global", "rope_local", "sliding_window_pattern", "checkpoint_prefix"}
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         fields["layer_types"] = list(self.layer_types)
         fields["rope_parameters"] = {"full_attention": dict(self.rope_global),
                                      "sliding_attention": dict(self.rope_local)}
         return {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], **fields}
+
+
+def multimodal_text_config(config: dict[str, Any], tensor_names=None) -> tuple[dict[str, Any], str]:
+    """A multimodal `gemma3` config.json (Gemma3ForConditionalGeneration) -> (the `gemma3_text` config of its
+    language model, the prefix of that model's tensors: a key of LAYOUTS).
+
+    As transformers 5 builds the language model: from `text_config` alone (Gemma3TextConfig(**text_config): a field
+    it omits takes the default, which our Gemma3Config shares; no top-level field is copied into it), with
+    - the LM head untied exactly when the checkpoint holds one (`tensor_names`; without them, as the top-level
+      `tie_word_embeddings` says, default true: what Gemma3ForConditionalGeneration ties by);
+    - no final_logit_softcapping: Gemma3ForConditionalGeneration's logits are its lm_head's, never capped (only
+      Gemma3ForCausalLM caps them), so a value set in `text_config` is dropped, with a warning.
+    tensor_names: the checkpoint's, whose language model sits under one of MULTIMODAL_PREFIXES; None (the config
+    alone, e.g. to plan a run) assumes the hub's layout, `language_model.model.`.
+    """
+    text = dict(config.get("text_config") or {})
+    prefix = MULTIMODAL_PREFIXES[0]
+    if tensor_names is None:
+        text["tie_word_embeddings"] = config.get("tie_word_embeddings", True)
+    else:
+        found = [p for p in MULTIMODAL_PREFIXES if any(name.startswith(p) for name in tensor_names)]
+        if not found:
+            raise ValueError("model_type is 'gemma3' (Gemma3ForConditionalGeneration), but the checkpoint holds no "
+                             "language model tensors: none is named 'language_model.model.*' (the hub's files, "
+                             "transformers' save_pretrained) or 'model.language_model.*' (transformers 5's module "
+                             f"names); it has e.g. {sorted(tensor_names)[:3]}. Is config.json from the same model as "
+                             "the weights?")
+        prefix = found[0]
+        text["tie_word_embeddings"] = LAYOUTS[prefix] not in tensor_names
+    if text.get("final_logit_softcapping") is not None:
+        logger.warning("final_logit_softcapping %s in text_config is not applied: transformers' "
+                       "Gemma3ForConditionalGeneration never applies it", text["final_logit_softcapping"])
+        text["final_logit_softcapping"] = None
+    return text, prefix
 
 
 # The released sizes' text configs (https://huggingface.co/google/gemma-3-1b-pt and siblings; the 4B and up are
@@ -481,9 +555,19 @@ class Gemma3(causal_lm.CausalLM, nnx.Module):
 
     def checkpoint_key(self, path: tuple) -> str:
         """Our state path ('layers', 0, 'self_attn', 'q_proj', 'weight') -> the HF tensor name
-        ('model.layers.0.self_attn.q_proj.weight'); an untied head is 'lm_head.weight'."""
+        ('model.layers.0.self_attn.q_proj.weight'); an untied head is 'lm_head.weight'. The names of a
+        `gemma3_text` checkpoint, whatever the model was loaded from: `save_pretrained` writes them."""
         name = ".".join(str(p) for p in path)
         return name if path[0] == "lm_head" else self.CHECKPOINT_PREFIX + name
 
+    def load_key(self, path: tuple) -> str:
+        """The tensor `from_pretrained` reads our state path from, in the layout of the checkpoint the config was
+        read from (`config.checkpoint_prefix`): 'model.layers.0.self_attn.q_proj.weight' in a gemma3_text one,
+        'language_model.model.layers.0.self_attn.q_proj.weight' in a multimodal one as the hub holds it."""
+        if path[0] == "lm_head":
+            return LAYOUTS[self.config.checkpoint_prefix]
+        return self.config.checkpoint_prefix + ".".join(str(p) for p in path)
+
 
 base.register_family("gemma3_text", Gemma3Config, Gemma3, PRESETS)
+base.register_family("gemma3", Gemma3Config, Gemma3)  # multimodal checkpoints: their language model (module docstring)

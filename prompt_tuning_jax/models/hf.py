@@ -552,7 +552,9 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
     implied_by = "the T5X checkpoint's config" if isinstance(ckpt, t5x.T5XCheckpoint) else "config.json"
 
     def load(path, variable):
-        key = abstract.checkpoint_key(path)
+        # The name to read: a family's `load_key` where it reads names other than the ones it writes (Gemma 3's
+        # multimodal checkpoints), else the one `save_pretrained` writes.
+        key = getattr(abstract, "load_key", abstract.checkpoint_key)(path)
         found = _lookup(ckpt, key, prefix)
         if found is None:
             raise CheckpointError(f"{folder}: checkpoint has no tensor {key!r} (expected shape {variable.shape}); "
