@@ -3,6 +3,7 @@
     python benchmarks/train_step.py [--model gpt2|llama] [--n_layer N] [--batch 8] [--length 128]
                                     [--prompt_length 20] [--steps 5] [--warmup 2]
                                     [--dtype float32|bfloat16] [--device cpu|cuda] [--cpus N]
+                                    [--sides ours,ours_plain,peft]
 
 Builds a random-weight GPT-2 checkpoint of the named size with transformers (no
 hub needed), or with `--model llama` a random Llama of 149M parameters (LLAMA_150M
@@ -44,6 +45,14 @@ and PEFT's loss shifts them; ours computes logits only at the L scored
 positions. Dropout is set to 0 in the checkpoint (ours has none), so torch runs
 in train mode with no dropout work (Llama's only dropout, attention_dropout, is
 0 by default).
+
+The LM head
+-----------
+`ours` scores the targets with the memory-lean head (`models/lm_head.py`): the logits are made a chunk of
+target positions at a time (about 64 MiB of float32 logits each) and their gradient is taken inside the
+chunk, so the step never holds the [B*L, V] logits (Llama 3's 128,256 tokens: 525 MB for B8 x 128) or their
+gradient. `ours_plain` is the same step with the head over all positions at once, as before it: the side to
+compare with for the head's own cost in time and memory.
 
 Measurement
 -----------
@@ -91,6 +100,7 @@ import flops  # benchmarks/flops.py (this script's folder is on sys.path)
 
 RESULT_TAG = "RESULT_JSON "
 GPT2_MODELS = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
+SIDES = ["ours", "ours_plain", "peft"]  # ours_plain: our step with the whole [B*L, V] logits (no chunked LM head)
 # --model llama: 148.8M parameters, 98.5M of them the tied 128,256 x 768 embedding table; the rest in
 # 8 layers of 6.29M (attention 12 query heads sharing 4 KV heads of 64: 1.57M; SwiGLU MLP 768 -> 2048: 4.72M).
 # The other fields are Llama 3.2's (vocabulary, RoPE scaling, norm eps, BOS/EOS ids, tied head).
@@ -207,9 +217,13 @@ def ours_trainer(args, folder: str, sampler=None):
     return trainer, batch, rss_model
 
 
-def run_ours(args, folder: str) -> dict:
+def run_ours(args, folder: str, plain_head: bool = False) -> dict:
     import jax
 
+    if plain_head:  # the LM head over all target positions at once: the [B*L, V] logits and their gradient
+        from prompt_tuning_jax.models import lm_head
+
+        lm_head.CHUNK_BYTES = 1 << 62
     sampler = RSSSampler()
     rss_start = sampler.now()
     trainer, batch, rss_model = ours_trainer(args, folder, sampler)
@@ -224,10 +238,17 @@ def run_ours(args, folder: str) -> dict:
     device_loaded = stats.get("bytes_in_use") if stats else None
     first, times, rss_loaded, rss_peak, losses = time_steps(step, args.warmup, args.steps, sampler)
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if not plain_head:
+        # XLA's cost analysis counts a loop body once, and on CPU the lean head's chunks are a loop: count the
+        # same step with the head in one piece (the same matmuls) instead.
+        from prompt_tuning_jax.models import lm_head
+
+        lm_head.CHUNK_BYTES = 1 << 62
+        jax.clear_caches()
     step_flops = flops.xla_flops(trainer._step, trainer.trainable, trainer.opt_state,
                                  trainer.state.frozen, trainer.state.put_batch(batch), np.int32(0))
     return {
-        "name": "prompt_tuning_jax (JAX)",
+        "name": "ours, whole logits" if plain_head else "ours",
         "backend": f"jax {jax.__version__} on {dev.platform} ({dev.device_kind})",
         "threads": f"XLA, {len(os.sched_getaffinity(0))} CPUs visible",
         "first": first, "times": times, "rss_start": rss_start, "rss_model": rss_model, "rss_loaded": rss_loaded,
@@ -389,50 +410,57 @@ def mib(x) -> str:
     return "-" if x is None else f"{x / 2**20:.0f}"
 
 
-def report(args, ours: dict, theirs: dict) -> None:
+def report(args, results: dict) -> None:
+    """One row per side (ours, ours with the whole logits, PEFT), then each of ours against PEFT."""
     b, length = args.batch, args.length
-    rows = []
-    for r in (ours, theirs):
+    rows = {}
+    for side, r in results.items():
         t = float(np.median(r["times"]))
-        rows.append({**r, "t": t, "ex_s": b / t, "tok_s": b * length / t, "rss_delta": r["rss_peak"] - r["rss_loaded"]})
-    o, p = rows
+        rows[side] = {**r, "t": t, "ex_s": b / t, "tok_s": b * length / t, "rss_delta": r["rss_peak"] - r["rss_loaded"]}
     print(f"prompt-tuning train step: {args.model} ({args.n_layer or 'all'} layers), batch {b} x {length} tokens, "
           f"prompt {args.prompt_length}, {args.dtype}, AdamW on the prompt; median of {args.steps} steps "
           f"after {args.warmup} warm-up")
     print(f"host: {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable"
-          + (f", both sides pinned to {args.cpus}" if args.cpus else "")
+          + (f", every side pinned to {args.cpus}" if args.cpus else "")
           + f"; load average {args.load_before:.2f} before, {os.getloadavg()[0]:.2f} after (other processes "
-            "running at the same time slow both sides)")
-    for r in rows:
+            "running at the same time slow every side)")
+    for r in rows.values():
         print(f"  {r['name']}: {r['backend']}; {r['threads']}; RSS MiB: {mib(r['rss_start'])} after imports, "
               f"{mib(r['rss_model'])} with the model, {mib(r['rss_loaded'])} ready to step")
-    print(f"  same loss at the same initial prompt: ours {o['first_loss']:.6f}, PEFT {p['first_loss']:.6f}")
+    print("  loss at the same initial prompt: " + ", ".join(f"{r['name']} {r['first_loss']:.6f}" for r in rows.values()))
     header = (f"{'':28s}{'ms/step':>10s}{'examples/s':>12s}{'tokens/s':>10s}{'first step s':>14s}"
               f"{'RSS loaded MiB':>16s}{'peak RSS MiB':>14s}{'delta MiB':>11s}")
-    gpu = o["device_peak"] is not None or p["device_peak"] is not None
+    gpu = any(r["device_peak"] is not None for r in rows.values())
     if gpu:
         header += f"{'dev loaded MiB':>16s}{'dev peak MiB':>14s}"
     print(header)
-    for r in rows:
+    for r in rows.values():
         line = (f"{r['name']:28s}{r['t'] * 1e3:10.1f}{r['ex_s']:12.2f}{r['tok_s']:10.0f}{r['first']:14.2f}"
                 f"{mib(r['rss_loaded']):>16s}{mib(r['rss_peak']):>14s}{mib(r['rss_delta']):>11s}")
         if gpu:
             line += f"{mib(r['device_loaded']):>16s}{mib(r['device_peak']):>14s}"
         print(line)
     ratio = lambda a, c: "-" if not a or not c else f"{a / c:.2f}"
-    line = (f"{'ratio ours / PEFT':28s}{ratio(o['t'], p['t']):>10s}{ratio(o['ex_s'], p['ex_s']):>12s}"
-            f"{ratio(o['tok_s'], p['tok_s']):>10s}{ratio(o['first'], p['first']):>14s}"
-            f"{ratio(o['rss_loaded'], p['rss_loaded']):>16s}{ratio(o['rss_peak'], p['rss_peak']):>14s}"
-            f"{ratio(o['rss_delta'], p['rss_delta']):>11s}")
-    if gpu:
-        line += f"{ratio(o['device_loaded'], p['device_loaded']):>16s}{ratio(o['device_peak'], p['device_peak']):>14s}"
-    print(line)
-    print("step times (ms): ours " + " ".join(f"{t * 1e3:.0f}" for t in o["times"])
-          + " | PEFT " + " ".join(f"{t * 1e3:.0f}" for t in p["times"]))
-    if "rounds" in o or "rounds" in p:
+    pairs = [(o, "peft") for o in ("ours", "ours_plain")] + [("ours", "ours_plain")]
+    for mine, other in pairs:
+        if mine not in rows or other not in rows:
+            continue
+        o, p = rows[mine], rows[other]
+        line = (f"{'ratio ' + mine + ' / ' + other:28s}{ratio(o['t'], p['t']):>10s}{ratio(o['ex_s'], p['ex_s']):>12s}"
+                f"{ratio(o['tok_s'], p['tok_s']):>10s}{ratio(o['first'], p['first']):>14s}"
+                f"{ratio(o['rss_loaded'], p['rss_loaded']):>16s}{ratio(o['rss_peak'], p['rss_peak']):>14s}"
+                f"{ratio(o['rss_delta'], p['rss_delta']):>11s}")
+        if gpu:
+            line += (f"{ratio(o['device_loaded'], p['device_loaded']):>16s}"
+                     f"{ratio(o['device_peak'], p['device_peak']):>14s}")
+        print(line)
+    print("step times (ms): " + " | ".join(f"{r['name']} " + " ".join(f"{t * 1e3:.0f}" for t in r["times"])
+                                           for r in rows.values()))
+    if any("rounds" in r for r in rows.values()):
         med = lambda r: " ".join(f"{t * 1e3:.0f}" for t in r.get("rounds", []))
-        print(f"median ms/step of each round: ours {med(o)} | PEFT {med(p)} (the fastest round is shown)")
-    report_flops(args, ours, theirs)
+        print("median ms/step of each round: " + " | ".join(f"{r['name']} {med(r)}" for r in rows.values())
+              + " (the fastest round is shown)")
+    report_flops(args, rows.get("ours"), rows.get("peft"))
 
 
 def report_flops(args, ours: dict | None, theirs: dict | None) -> None:
@@ -486,12 +514,20 @@ def main(argv=None):
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--rounds", type=int, default=1,
                    help="run each side this many times, alternating; the round with the fastest median is shown")
-    p.add_argument("--only", choices=["ours", "peft"], default=None, help="run one side only")
-    p.add_argument("--_child", choices=["ours", "peft"], help=argparse.SUPPRESS)
+    p.add_argument("--sides", default="ours,peft",
+                   help="comma-separated, of ours (the lean LM head), ours_plain (the whole [B*L, V] logits at once) "
+                        "and peft")
+    p.add_argument("--only", choices=SIDES, default=None, help="run one side only")
+    p.add_argument("--_child", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--_folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be >= 1")
+    sides = [x for x in args.sides.split(",") if x]
+    if not sides or set(sides) - set(SIDES):
+        p.error(f"--sides takes a comma-separated list of {', '.join(SIDES)}; got {args.sides!r}")
+    if args.only:
+        sides = [args.only]
     if args.device is None:
         try:
             import torch
@@ -502,21 +538,21 @@ def main(argv=None):
 
     if args._child:
         _pin(args.cpus)
-        result = (run_ours if args._child == "ours" else run_peft)(args, args._folder)
+        result = (run_peft(args, args._folder) if args._child == "peft"
+                  else run_ours(args, args._folder, plain_head=args._child == "ours_plain"))
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
 
     args.passthrough = [f"--{k}={v}" for k, v in vars(args).items()
-                        if v is not None and k not in ("only", "rounds", "_child", "_folder")]
+                        if v is not None and k not in ("only", "rounds", "sides", "_child", "_folder")]
     args.load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         build_checkpoint(args, folder)
-        runs = {"ours": [], "peft": []}
+        runs = {side: [] for side in sides}
         for r in range(args.rounds):
-            for side in ("ours", "peft"):
-                if args.only in (None, side):
-                    print(f"round {r + 1}/{args.rounds}: {side} ...", file=sys.stderr, flush=True)
-                    runs[side].append(run_child(args, side, folder))
+            for side in sides:
+                print(f"round {r + 1}/{args.rounds}: {side} ...", file=sys.stderr, flush=True)
+                runs[side].append(run_child(args, side, folder))
     # Other load only slows a run down: keep each side's round with the fastest median step.
     results = {side: min(rs, key=lambda x: float(np.median(x["times"]))) for side, rs in runs.items() if rs}
     for side, rs in runs.items():
@@ -530,7 +566,7 @@ def main(argv=None):
               f"peak RSS {mib(r['rss_peak'])} MiB (+{mib(r['rss_peak'] - r['rss_loaded'])}); {r['backend']}")
         report_flops(args, results.get("ours"), results.get("peft"))
         return
-    report(args, results["ours"], results["peft"])
+    report(args, results)
 
 
 if __name__ == "__main__":
