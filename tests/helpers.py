@@ -46,6 +46,22 @@ def padded_batch(rng, vocab, lengths, total, side="right", pad_id=0):
     return ids, mask
 
 
+def both_sides(rng, vocab, lengths, total):
+    """input_ids and attention_mask [B, total] whose even rows are right-padded and odd rows left-padded."""
+    right = padded_batch(rng, vocab, lengths, total, side="right")
+    left = padded_batch(rng, vocab, lengths, total, side="left")
+    return tuple(np.where((np.arange(len(lengths)) % 2 == 0)[:, None], r, l) for r, l in zip(right, left))
+
+
+def left_aligned(ids, mask):
+    """The same real tokens, left-padded (what transformers' generate expects)."""
+    out_ids, out_mask = np.zeros_like(ids), np.zeros_like(mask)
+    for i in range(len(ids)):
+        real = ids[i][mask[i] > 0]
+        out_ids[i, len(ids[i]) - len(real):], out_mask[i, len(ids[i]) - len(real):] = real, 1
+    return out_ids, out_mask
+
+
 def assert_logits_close(ours, theirs, mask=None):
     """max |Δ| <= 1e-4 * max(1, max |logit|), over real positions when `mask` [B, T] is given."""
     ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)

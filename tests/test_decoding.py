@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from helpers import assert_logits_close, padded_batch, torch_model
+from helpers import assert_logits_close, left_aligned, padded_batch, torch_model
 
 import prompt_tuning_jax as ptj
 from prompt_tuning_jax import decoding
@@ -25,15 +25,6 @@ def gpt2(tmp_path_factory):
 def t5(tmp_path_factory):
     folder = tmp_path_factory.mktemp("t5")
     return torch_model("t5", folder, untied=True, decoder_start_token_id=0), ptj.from_pretrained(folder)
-
-
-def left_aligned(ids, mask):
-    """The same real tokens, left-padded (what transformers' generate expects for GPT-2)."""
-    out_ids, out_mask = np.zeros_like(ids), np.zeros_like(mask)
-    for i in range(len(ids)):
-        real = ids[i][mask[i] > 0]
-        out_ids[i, len(ids[i]) - len(real):], out_mask[i, len(ids[i]) - len(real):] = real, 1
-    return out_ids, out_mask
 
 
 def until_eos(tokens, eos):

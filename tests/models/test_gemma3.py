@@ -15,7 +15,8 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from helpers import assert_logits_close, assert_trees_close, padded_batch, train_mode, trained_on_both_meshes
+from helpers import (assert_logits_close, assert_trees_close, both_sides, left_aligned, padded_batch, train_mode,
+                     trained_on_both_meshes)
 
 import prompt_tuning_jax as ptj
 import prompt_tuning_jax.models.gemma3  # noqa: F401  (registers gemma3_text until models/__init__.py imports it)
@@ -66,21 +67,6 @@ def torch_logits(model, ids, mask, position_ids=None, **kw):
                      position_ids=None if position_ids is None else t(position_ids), **kw).logits.numpy()
 
 
-def both_sides(rng, lengths, total):
-    """input_ids and attention_mask [B, total] whose even rows are right-padded and odd rows left-padded."""
-    right, left = padded_batch(rng, V, lengths, total, side="right"), padded_batch(rng, V, lengths, total, side="left")
-    return tuple(np.where((np.arange(len(lengths)) % 2 == 0)[:, None], r, l) for r, l in zip(right, left))
-
-
-def left_aligned(ids, mask):
-    """The same real tokens, left-padded (what transformers' generate expects)."""
-    out_ids, out_mask = np.zeros_like(ids), np.zeros_like(mask)
-    for i in range(len(ids)):
-        real = ids[i][mask[i] > 0]
-        out_ids[i, len(ids[i]) - len(real):], out_mask[i, len(ids[i]) - len(real):] = real, 1
-    return out_ids, out_mask
-
-
 def lm_batch(ids, targets, mask=None):
     b = ids.shape[0]
     return {"input_ids": ids, "attention_mask": np.ones_like(ids) if mask is None else mask, "target_ids": targets,
@@ -92,7 +78,7 @@ def lm_batch(ids, targets, mask=None):
 def test_logits_match_transformers_under_left_and_right_padding(gemma, rng):
     theirs, folder = gemma
     model = ptj.from_pretrained(folder)
-    ids, mask = both_sides(rng, [9, 5, 4, 1], 9)
+    ids, mask = both_sides(rng, V, [9, 5, 4, 1], 9)
     ours = jax.jit(lambda i, m: model(i, m))(ids, mask)
     assert ours.shape == (4, 9, V) and ours.dtype == jnp.float32
     positions = np.maximum(np.cumsum(mask, 1) - 1, 0)  # right padding: the same as 0..T-1 at real tokens
@@ -127,7 +113,7 @@ def test_greedy_matches_transformers_generate(gemma, rng):
     sliding layers too."""
     theirs, folder = gemma
     model = ptj.from_pretrained(folder)
-    ids, mask = both_sides(rng, [5, 9, 7, 1, 4, 6], 9)
+    ids, mask = both_sides(rng, V, [5, 9, 7, 1, 4, 6], 9)
     ours = np.asarray(decoding.generate(model, ids, mask, max_new_tokens=N, eos_id=-1))  # no EOS: all N tokens
     left_ids, left_mask = left_aligned(ids, mask)
     want = theirs.generate(t(left_ids), attention_mask=t(left_mask), max_new_tokens=N, do_sample=False,

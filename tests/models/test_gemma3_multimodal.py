@@ -25,7 +25,7 @@ import safetensors.torch
 import torch
 import transformers
 from flax import nnx
-from helpers import assert_logits_close, padded_batch
+from helpers import assert_logits_close, both_sides, left_aligned, padded_batch
 
 import prompt_tuning_jax as ptj
 from prompt_tuning_jax import decoding
@@ -107,21 +107,6 @@ def torch_logits(model, ids, mask):
         return model(input_ids=t(ids), attention_mask=t(mask), position_ids=t(positions)).logits.numpy()
 
 
-def both_sides(rng, lengths, total):
-    """input_ids and attention_mask [B, total] whose even rows are right-padded and odd rows left-padded."""
-    right, left = padded_batch(rng, V, lengths, total, side="right"), padded_batch(rng, V, lengths, total, side="left")
-    return tuple(np.where((np.arange(len(lengths)) % 2 == 0)[:, None], r, l) for r, l in zip(right, left))
-
-
-def left_aligned(ids, mask):
-    """The same real tokens, left-padded (what transformers' generate expects)."""
-    out_ids, out_mask = np.zeros_like(ids), np.zeros_like(mask)
-    for i in range(len(ids)):
-        real = ids[i][mask[i] > 0]
-        out_ids[i, len(ids[i]) - len(real):], out_mask[i, len(ids[i]) - len(real):] = real, 1
-    return out_ids, out_mask
-
-
 # --- the layouts -----------------------------------------------------------------------------------------------
 
 def test_the_layouts_are_what_transformers_writes_and_reads(gemma, rng):
@@ -149,7 +134,7 @@ def test_logits_match_transformers_under_left_and_right_padding(gemma, rng):
     model = ptj.from_pretrained(folder)
     assert isinstance(model, gemma3.Gemma3) and model.config.checkpoint_prefix == PREFIX[layout]
     assert model.lm_head is None and model.config.final_logit_softcapping is None
-    ids, mask = both_sides(rng, [9, 5, 4, 1], 9)
+    ids, mask = both_sides(rng, V, [9, 5, 4, 1], 9)
     ours = jax.jit(lambda i, m: model(i, m))(ids, mask)
     assert ours.shape == (4, 9, V)
     assert_logits_close(ours, torch_logits(theirs, ids, mask), mask)
@@ -159,7 +144,7 @@ def test_greedy_matches_transformers_generate(gemma, rng):
     """N = 8 new tokens after inputs of up to 9 (right- and left-padded rows), past the window of 3."""
     theirs, folder, _ = gemma
     model = ptj.from_pretrained(folder)
-    ids, mask = both_sides(rng, [5, 9, 7, 1, 4, 6], 9)
+    ids, mask = both_sides(rng, V, [5, 9, 7, 1, 4, 6], 9)
     ours = np.asarray(decoding.generate(model, ids, mask, max_new_tokens=N, eos_id=-1))  # no EOS: all N tokens
     left_ids, left_mask = left_aligned(ids, mask)
     want = theirs.generate(t(left_ids), attention_mask=t(left_mask), max_new_tokens=N, do_sample=False,
@@ -179,7 +164,7 @@ def test_an_untied_head_loads_and_final_softcapping_is_not_applied(tmp_path, rng
     assert "final_logit_softcapping 0.5 in text_config is not applied" in caplog.text
     assert model.lm_head is not None and model.config.final_logit_softcapping is None
     np.testing.assert_array_equal(np.asarray(model.lm_head["weight"][...]), theirs.lm_head.weight.detach().numpy())
-    ids, mask = both_sides(rng, [9, 6], 9)
+    ids, mask = both_sides(rng, V, [9, 6], 9)
     ours = np.asarray(model(ids, mask))
     assert np.abs(ours[mask > 0]).max() > 0.5  # not capped
     assert_logits_close(ours, torch_logits(theirs, ids, mask), mask)
@@ -209,7 +194,7 @@ def test_a_checkpoint_without_its_vision_tower_loads_the_same(gemma, tmp_path, r
     assert 0 < len(kept) < len(tensors)
     safetensors.torch.save_file(kept, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     shutil.copy(os.path.join(folder, "config.json"), tmp_path)
-    ids, mask = both_sides(rng, [7, 3], 7)
+    ids, mask = both_sides(rng, V, [7, 3], 7)
     np.testing.assert_array_equal(np.asarray(ptj.from_pretrained(tmp_path)(ids, mask)),
                                   np.asarray(ptj.from_pretrained(folder)(ids, mask)))
 
