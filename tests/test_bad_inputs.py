@@ -168,7 +168,8 @@ def test_bad_files_are_named(tmp_path, capsys):
          [f"{data}/train.tsv:3", "unknown label 'maybe'"], None),
         ("an empty train file", [*sst2, f"--gin.TASK_OVERRIDES={{'data_dir': '{empty}'}}"],
          [f"{empty}/train.tsv", "no examples"], None),
-        ("MODEL_DIR locked by another host", [], ["in use by process 4242 on tpu-worker-7", "run.lock"], locked),
+        ("MODEL_DIR locked by a live lease on another host", [],
+         ["in use by process 4242 on tpu-worker-7", "its lease was renewed", "run.lock"], locked),
     ]
     for name, flags, names, model_dir in cases:
         code, _, err = run_train(capsys, *flags, model_dir=model_dir or tmp_path / name.replace(" ", "_"))
