@@ -123,7 +123,8 @@ def read_config(folder: str) -> dict[str, Any]:
     if model_type not in base.FAMILIES:
         raise CheckpointError(
             f"{path} has model_type {model_type!r}; prompt_tuning_jax supports {sorted(base.FAMILIES)} "
-            "(GPT-2, T5 / T5 v1.1 / Flan-T5 / mT5, Llama, Mistral, Qwen 2 / 3 and Gemma 3 text checkpoints)")
+            "(GPT-2, T5 / T5 v1.1 / Flan-T5 / mT5, Llama, Mistral, Qwen 2 / 3 and Gemma 3 checkpoints, the multimodal "
+            "Gemma 3 as its text model)")
     return config
 
 

@@ -119,8 +119,8 @@ def test_folder_without_config(tmp_path):
 
 def test_other_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
-    with pytest.raises(hf.CheckpointError, match=r"model_type 'bert'.*supports \['gemma3_text', 'gpt2', 'llama', "
-                                                 r"'mistral', 'mt5', 'qwen2', 'qwen3', 't5'\]"):
+    with pytest.raises(hf.CheckpointError, match=r"model_type 'bert'.*supports \['gemma3', 'gemma3_text', 'gpt2', "
+                                                 r"'llama', 'mistral', 'mt5', 'qwen2', 'qwen3', 't5'\]"):
         ptj.from_pretrained(tmp_path)
 
 
