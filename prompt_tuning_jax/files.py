@@ -139,8 +139,10 @@ def local_folder(path: str | os.PathLike, patterns: tuple[str, ...] = ("*",)) ->
     """`path` itself when local; a bucket folder is copied (its files matching `patterns`) to a local cache.
 
     For readers that only take local files (transformers' tokenizers, safetensors read by offset).
-    A file is copied again when its size differs from the cached copy; files are streamed
-    (`COPY_CHUNK_BYTES` at a time), never read whole into memory.
+    A file is copied again when its object's generation differs from the one the cached copy was made
+    from (kept in a folder beside the copy, written after the copy), so a file rewritten in the
+    bucket is fetched again even at the same size; files are streamed (`COPY_CHUNK_BYTES` at a time),
+    never read whole into memory.
     """
     path = os.fspath(path)
     if is_local(path):
@@ -150,15 +152,39 @@ def local_folder(path: str | os.PathLike, patterns: tuple[str, ...] = ("*",)) ->
         raise FileNotFoundError(f"{path} is not a folder in the bucket")
     key = hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:16]
     local = os.path.join(CACHE_DIR, f"{source.name}-{key}")
+    markers = f"{local}.generations"  # beside the copy, so that readers listing the copy see only its files
     os.makedirs(local, exist_ok=True)
+    os.makedirs(markers, exist_ok=True)
+    generations = _generations(path)
     for item in source.iterdir():
         if item.is_dir() or not any(item.match(p) for p in patterns):
             continue
-        copy = os.path.join(local, item.name)
-        if not (os.path.exists(copy) and os.path.getsize(copy) == item.stat().length):
+        copy, marker = os.path.join(local, item.name), os.path.join(markers, item.name)
+        generation = generations.get(item.name)
+        if generation is None or not (os.path.exists(copy) and _read_marker(marker) == generation):
             with item.open("rb") as source_file:  # streamed: a large weight file is never whole in memory
                 atomic_write(copy, lambda f, src=source_file: shutil.copyfileobj(src, f, COPY_CHUNK_BYTES))
+            if generation is not None:
+                atomic_write(marker, generation)
     return local
+
+
+def _generations(folder: str) -> dict[str, str]:
+    """The generation of each object directly in a bucket folder, by name, listed afresh (not from a cache)."""
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem()
+    fs.invalidate_cache(folder)
+    return {os.path.basename(info["name"].rstrip("/")): str(info["generation"])
+            for info in fs.ls(folder, detail=True) if info.get("type") == "file" and info.get("generation")}
+
+
+def _read_marker(marker: str) -> str | None:
+    try:
+        with open(marker) as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def _require_gcs(path: str) -> None:

@@ -86,6 +86,13 @@ def test_local_folder_copies_a_bucket_folder_once(gcs, tmp_path, monkeypatch):
     files.atomic_write("gs://bucket/copy/weights.bin", b"123456")  # changed in the bucket: copied again
     assert open(os.path.join(files.local_folder("gs://bucket/copy", ("*.bin",)), "weights.bin"), "rb").read() == \
         b"123456"
+    files.atomic_write("gs://bucket/copy/weights.bin", b"abcdef")  # rewritten at the same size: copied again too
+    assert open(os.path.join(files.local_folder("gs://bucket/copy", ("*.bin",)), "weights.bin"), "rb").read() == \
+        b"abcdef"
+    copies = []
+    monkeypatch.setattr(files, "atomic_write", lambda *a, **k: copies.append(a[0]))
+    files.local_folder("gs://bucket/copy", ("*.json", "weights.bin"))  # unchanged: nothing is copied
+    assert copies == []
     assert files.local_folder(str(tmp_path)) == str(tmp_path)
 
 
