@@ -24,6 +24,7 @@ gcsfs without its hierarchical-namespace probe (an emulator has no control plane
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import io
 import os
@@ -155,28 +156,25 @@ def local_folder(path: str | os.PathLike, patterns: tuple[str, ...] = ("*",)) ->
     markers = f"{local}.generations"  # beside the copy, so that readers listing the copy see only its files
     os.makedirs(local, exist_ok=True)
     os.makedirs(markers, exist_ok=True)
-    generations = _generations(path)
-    for item in source.iterdir():
-        if item.is_dir() or not any(item.match(p) for p in patterns):
+    for name, generation in _generations(path).items():
+        if not any(fnmatch.fnmatch(name, p) for p in patterns):
             continue
-        copy, marker = os.path.join(local, item.name), os.path.join(markers, item.name)
-        generation = generations.get(item.name)
-        if generation is None or not (os.path.exists(copy) and _read_marker(marker) == generation):
-            with item.open("rb") as source_file:  # streamed: a large weight file is never whole in memory
+        copy, marker = os.path.join(local, name), os.path.join(markers, name)
+        if not (os.path.exists(copy) and _read_marker(marker) == generation):
+            with (source / name).open("rb") as source_file:  # streamed: a large weight file is never whole in memory
                 atomic_write(copy, lambda f, src=source_file: shutil.copyfileobj(src, f, COPY_CHUNK_BYTES))
-            if generation is not None:
-                atomic_write(marker, generation)
+            atomic_write(marker, generation)
     return local
 
 
 def _generations(folder: str) -> dict[str, str]:
-    """The generation of each object directly in a bucket folder, by name, listed afresh (not from a cache)."""
+    """The generation of each file directly in a bucket folder, by name, listed afresh (not from gcsfs' cache)."""
     import gcsfs
 
     fs = gcsfs.GCSFileSystem()
     fs.invalidate_cache(folder)
     return {os.path.basename(info["name"].rstrip("/")): str(info["generation"])
-            for info in fs.ls(folder, detail=True) if info.get("type") == "file" and info.get("generation")}
+            for info in fs.ls(folder, detail=True) if info.get("type") == "file"}
 
 
 def _read_marker(marker: str) -> str | None:

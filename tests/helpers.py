@@ -62,6 +62,17 @@ def left_aligned(ids, mask):
     return out_ids, out_mask
 
 
+def transformers_greedy(model, ids, mask, new_tokens: int, eos_token_id=None, pad_token_id: int = 0) -> np.ndarray:
+    """transformers' greedy `generate` of `new_tokens` after each row's real tokens of ids / mask [B, T] (given to
+    it left-aligned, as it expects): the new tokens [B, new_tokens]."""
+    import torch
+
+    left_ids, left_mask = (torch.tensor(np.asarray(a), dtype=torch.long) for a in left_aligned(ids, mask))
+    out = model.generate(left_ids, attention_mask=left_mask, max_new_tokens=new_tokens, do_sample=False,
+                         eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    return out[:, ids.shape[1]:].numpy()
+
+
 def assert_logits_close(ours, theirs, mask=None):
     """max |Δ| <= 1e-4 * max(1, max |logit|), over real positions when `mask` [B, T] is given."""
     ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from helpers import assert_logits_close, left_aligned, padded_batch, torch_model
+from helpers import assert_logits_close, left_aligned, padded_batch, torch_model, transformers_greedy
 
 import prompt_tuning_jax as ptj
 from prompt_tuning_jax import decoding
@@ -94,11 +94,8 @@ def test_gpt2_greedy_matches_transformers(gpt2, rng, side):
     hf, model = gpt2
     ids, mask = padded_batch(rng, 211, [5, 9, 7, 1], 9, side=side)
     ours = decoding.generate(model, ids, mask, max_new_tokens=N, eos_id=-1)  # no EOS: all N tokens
-    left_ids, left_mask = left_aligned(ids, mask)
-    theirs = hf.generate(t(left_ids), attention_mask=t(left_mask), max_new_tokens=N, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)[:, 9:]
     assert ours.shape == (4, N) and ours.dtype == jnp.int32
-    np.testing.assert_array_equal(ours, theirs.numpy())
+    np.testing.assert_array_equal(ours, transformers_greedy(hf, ids, mask, N))
     assert len({tuple(r) for r in np.asarray(ours)}) > 1 and len(set(np.asarray(ours)[0])) > 2  # not degenerate
 
 
@@ -140,9 +137,7 @@ def test_gpt2_greedy_stops_at_eos_and_pads(gpt2, rng):
     first = list(free[0]).index(eos)
     np.testing.assert_array_equal(ours[0, :first + 1], free[0, :first + 1])
     assert (ours[0, first + 1:] == 7).all()
-    left_ids, left_mask = left_aligned(ids, mask)
-    theirs = hf.generate(t(left_ids), attention_mask=t(left_mask), max_new_tokens=N, do_sample=False,
-                         eos_token_id=eos, pad_token_id=7)[:, 9:].numpy()
+    theirs = transformers_greedy(hf, ids, mask, N, eos_token_id=eos, pad_token_id=7)
     np.testing.assert_array_equal(ours[:, :theirs.shape[1]], theirs)
 
 

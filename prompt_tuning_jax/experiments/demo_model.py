@@ -66,13 +66,12 @@ def demo_checkpoint(folder: str | None = None, seed: int = 0, initializer_range:
     returns its path. pretrain_steps: None is the family's PRETRAIN_STEPS."""
     if family not in FOLDERS:
         raise ValueError(f"the demo model's family must be one of {sorted(FOLDERS)}, got {family!r}")
-    pretrain_steps = PRETRAIN_STEPS[family] if pretrain_steps is None else pretrain_steps
     folder = os.fspath(folder or os.path.join(CACHE, FOLDERS[family]))
     if not _complete(folder):
         env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=PINNED_XLA_FLAGS)
         cmd = [sys.executable, "-m", "prompt_tuning_jax.experiments.demo_model", folder, "--seed", str(seed),
-               "--initializer_range", str(initializer_range), "--pretrain_steps", str(pretrain_steps),
-               "--family", family]
+               "--initializer_range", str(initializer_range), "--family", family]
+        cmd += [] if pretrain_steps is None else ["--pretrain_steps", str(pretrain_steps)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not _complete(folder):
             raise RuntimeError(f"building the demo model in {folder} failed: "
@@ -99,9 +98,10 @@ def _config(family: str, vocab_size: int, initializer_range: float):
                           bos_token_id=0, eos_token_id=0, initializer_range=initializer_range)
 
 
-def build(folder: str, seed: int = 0, initializer_range: float = 0.02, pretrain_steps: int = 600,
+def build(folder: str, seed: int = 0, initializer_range: float = 0.02, pretrain_steps: int | None = None,
           family: str = "gpt2") -> None:
-    """Builds the demo checkpoint in this process and publishes the folder whole (see the module docstring)."""
+    """Builds the demo checkpoint in this process and publishes the folder whole (see the module docstring).
+    pretrain_steps: None is the family's PRETRAIN_STEPS."""
     import shutil
 
     import prompt_tuning_jax as ptj
@@ -109,7 +109,7 @@ def build(folder: str, seed: int = 0, initializer_range: float = 0.02, pretrain_
     tokenizer = build_tokenizer()
     config = _config(family, len(tokenizer), initializer_range)
     model = ptj.init_random(config, seed=seed)
-    pretrain(model, tokenizer, steps=pretrain_steps, seed=seed)
+    pretrain(model, tokenizer, steps=PRETRAIN_STEPS[family] if pretrain_steps is None else pretrain_steps, seed=seed)
     tmp = f"{folder}.tmp{os.getpid()}"  # several processes may build at once: each in its own folder
     os.makedirs(tmp, exist_ok=True)
     ptj.save_pretrained(model, tmp)
@@ -173,5 +173,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):  # one core, before the XLA backend starts its thread pool
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    steps = PRETRAIN_STEPS[args.family] if args.pretrain_steps is None else args.pretrain_steps
-    build(args.folder, args.seed, args.initializer_range, steps, args.family)
+    build(args.folder, args.seed, args.initializer_range, args.pretrain_steps, args.family)

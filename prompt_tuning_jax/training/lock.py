@@ -14,9 +14,10 @@ The lock is created atomically, so of several runs started at once exactly one w
   over or renewed only by an upload conditional on the generation that was read, so two runs that both see
   an expired lease cannot both take it (the second's upload fails, and it re-reads a live lease); this goes
   through google-cloud-storage, which `pip install "prompt_tuning_jax[gcs]"` brings with gcsfs;
-- on a file system, by a hard link of the written lock into place (it fails if the lock exists); takeovers, renewals and release run under an exclusive `flock` of
-  the folder, so that a check and the write that follows it are one step for the processes of a host (and
-  of hosts sharing a file system whose locks reach them, as NFS v4's do).
+- on a file system, by a hard link of the written lock into place (it fails if the lock exists); takeovers,
+  renewals and release run under an exclusive `flock` of the folder, so that a check and the write that
+  follows it are one step for the processes of a host (and of hosts sharing a file system whose locks reach
+  them, as NFS v4's do).
 
 The lease is measured on the lock's own modification time (the bucket's `updated`, the file's mtime) against
 this host's clock: hosts whose clocks disagree by more than a lease are not supported.
