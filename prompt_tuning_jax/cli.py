@@ -32,7 +32,7 @@ from prompt_tuning_jax import compat, experiments
 from prompt_tuning_jax.experiments import demo_model, sweeps
 from prompt_tuning_jax.models import hub_id
 from prompt_tuning_jax.pretrained_prompts import released_prompt
-from prompt_tuning_jax.training import distributed, optim
+from prompt_tuning_jax.training import distributed, optim, watchdog
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 CONFIG_DIR = os.path.join(PACKAGE_DIR, "configs")
@@ -182,7 +182,7 @@ def main(entry: Callable[..., None], description: str, argv=None,
             handler.addFilter(lambda r: not (r.exc_info and not r.name.startswith("prompt_tuning_jax")))
     try:
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                               heartbeat_timeout_s=args.heartbeat_timeout)
+                               heartbeat_timeout_s=args.heartbeat_timeout, watch=not args.verbose)
         if distributed.is_initialized() and distributed.process_index() != 0:
             logging.getLogger().setLevel(logging.ERROR)  # only process 0 logs (errors still show)
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - and prints its summary
@@ -193,12 +193,14 @@ def main(entry: Callable[..., None], description: str, argv=None,
         parse_gin(args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p],
                   command if command in ("train", "eval", "infer") else None)
         entry(args) if add_arguments is not None else entry()
+        watchdog.finish()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # one clear line, no traceback wall (--verbose shows it)
         if args.verbose:
             raise
+        watchdog.explain(e)  # a collective failed because a process died: that is the line to print
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from prompt_tuning_jax import files
 from prompt_tuning_jax.partitioning import host_value
 from prompt_tuning_jax.prompts.io import save_prompt
+from prompt_tuning_jax.training import watchdog
 
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Checkpointer:
                                             f"{self.directory}/checkpoints; the earlier checkpoints are intact: free "
                                             "space and run the same command to resume") from None
             raise
+        watchdog.note_checkpoint(step, self.directory)
         self.export_prompt(step, trainable)
 
     def export_prompt(self, step: int, trainable) -> None:
@@ -78,6 +80,7 @@ class Checkpointer:
             trainable=ocp.args.StandardRestore(abstract(trainable_like)),
             opt_state=ocp.args.StandardRestore(abstract(opt_state_like)),
             meta=ocp.args.JsonRestore()))
+        watchdog.note_checkpoint(step, self.directory)
         return restored["trainable"], restored["opt_state"], dict(restored["meta"])
 
     def _restore(self, step: int, args):
