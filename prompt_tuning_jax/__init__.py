@@ -1,6 +1,19 @@
 """prompt_tuning_jax: soft-prompt tuning (Lester et al., 2021) for GPT-2, T5, Llama, Mistral, Qwen and Gemma 3 in JAX /
 Flax NNX."""
-from prompt_tuning_jax import files as _files
+import logging as _logging
+
+
+class _NoTorchNotice(_logging.Filter):
+    """Drops transformers' "PyTorch was not found. Models won't be available ..." line, said when it is imported
+    without torch: our models are JAX and need only its tokenizers. Its other messages pass."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("PyTorch was not found.")
+
+
+_logging.getLogger("transformers").addFilter(_NoTorchNotice())  # before anything imports transformers
+
+from prompt_tuning_jax import files as _files  # noqa: E402
 
 _files.use_storage_emulator()  # before gcsfs or tensorstore read their settings
 

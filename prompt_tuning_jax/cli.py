@@ -173,6 +173,7 @@ def main(entry: Callable[..., None], description: str, argv=None,
             "ignored in %s: %s", hook_args.object, hook_args.exc_value)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("datasets").propagate = False  # it prints its messages itself: once is enough
     # gin logs an error for every search path an `include` is not in; only a real miss matters.
     # orbax logs a damaged checkpoint's parse error itself; the fallback's warning says it in one line.
     noise = ("Path not found", "Failed to json parse")

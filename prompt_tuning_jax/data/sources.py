@@ -22,9 +22,13 @@ arguments (gin can bind all of them). `HFSource` calls
 A leading "{shared}" in a `data_dir` stands for `shared_data_dir()`:
 `$PTJ_SHARED_DATA`, default `<repo>/../shared/data`.
 
-When the hub cannot give a split (offline, no such split, or `datasets` >= 4
-refusing a data set that still needs a loading script) `HFSource` raises one
-`HubError` (a `ValueError`) that names the data set and how to use local files.
+Offline (`HF_DATASETS_OFFLINE=1` or `HF_HUB_OFFLINE=1`) `datasets` reads a hub
+data set from its cache (`HF_DATASETS_CACHE`, default
+~/.cache/huggingface/datasets) when an earlier online run filled it.
+When the hub cannot give a split (offline and not cached, no such split, or
+`datasets` >= 4 refusing a data set that still needs a loading script)
+`HFSource` raises one `HubError` (a `ValueError`) that names the data set and
+how to use local files; `Task.load` swaps in the task's own local layout.
 """
 from __future__ import annotations
 
@@ -44,9 +48,9 @@ from prompt_tuning_jax import files as storage  # FileSource has a field named `
 
 log = logging.getLogger(__name__)
 
-_LOCAL_HINT = ("without the hub, point the task at local files: put them in $PTJ_SHARED_DATA "
-               "(default <repo>/../shared/data) or pass TASK_OVERRIDES={'data_dir': ..., 'files': {...}} "
-               "(get_task(name, data_dir=..., files=...))")
+LOCAL_HINT = ("without the hub, point the task at local files: put them in $PTJ_SHARED_DATA "
+              "(default <repo>/../shared/data) or pass TASK_OVERRIDES={'data_dir': ..., 'files': {...}} "
+              "(get_task(name, data_dir=..., files=...))")
 
 
 def shared_data_dir() -> Path:
@@ -74,11 +78,49 @@ def check_fields(row: Mapping, required: Sequence[str], where: str) -> None:
 
 
 class HubError(ValueError):
-    """The Hugging Face hub could not give a split; the message names the data set and the way out."""
+    """The Hugging Face hub could not give a split; the message names the data set and the way out.
+
+    `reason` is the message without its hint on local files, so a task can give its own hint instead.
+    """
+
+    def __init__(self, reason: str, hint: str | None = None):
+        super().__init__(reason if hint is None else f"{reason}; {hint}")
+        self.reason = reason
+
+
+def _offline_state() -> str:
+    """Why the hub is not asked, in words: the offline variable that is set, or an unreachable hub."""
+    import datasets
+
+    if not datasets.config.HF_HUB_OFFLINE:
+        return "the hub cannot be reached"
+    variable = "HF_DATASETS_OFFLINE" if os.environ.get("HF_DATASETS_OFFLINE") is not None else "HF_HUB_OFFLINE"
+    return f"{variable}={os.environ.get(variable, '1')} keeps the hub off"
+
+
+def _not_cached(error: Exception) -> str | None:
+    """Why a data set could not load when it is neither on a reachable hub nor in the datasets cache, else None.
+
+    `datasets` tries its cache after the hub fails: a ConnectionError means the data set is not cached;
+    a ValueError "Couldn't find cache for ..." means other configs of it are (they are listed).
+    """
+    import datasets
+
+    text = str(error)
+    if not (isinstance(error, ConnectionError) or text.startswith("Couldn't find cache for")):
+        return None
+    cached = text.split("Available configs in the cache: ", 1)[1] if "Available configs" in text else ""
+    where = f"the datasets cache {datasets.config.HF_DATASETS_CACHE}"
+    held = f" (it holds only configs {cached})" if cached else ""
+    return f"it is not in {where}{held} and {_offline_state()} ({type(error).__name__})"
 
 
 def _hub_error(name: str, split: str, error: Exception) -> HubError:
+    """One `HubError` for a failed `datasets.load_dataset`, in our words where the cause is known."""
     first_line = (str(error).splitlines() or [""])[0][:200]
+    not_cached = _not_cached(error)
+    if not_cached:
+        return HubError(f"could not load {name} split {split!r}: {not_cached}", LOCAL_HINT)
     if "scripts are no longer supported" in str(error):
         import datasets
 
@@ -86,7 +128,7 @@ def _hub_error(name: str, split: str, error: Exception) -> HubError:
                f"({first_line}); use local files, or datasets<4")
     else:
         why = f"{type(error).__name__}: {first_line}"
-    return HubError(f"could not load {name} split {split!r} from the Hugging Face hub ({why}); {_LOCAL_HINT}")
+    return HubError(f"could not load {name} split {split!r} from the Hugging Face hub ({why})", LOCAL_HINT)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ import numpy as np
 
 from prompt_tuning_jax.data import metrics
 from prompt_tuning_jax.data.formats import Formatter
-from prompt_tuning_jax.data.sources import FileSource, HFSource, HubError
+from prompt_tuning_jax.data.sources import LOCAL_HINT, FileSource, HFSource, HubError
 
 KINDS = ("classification", "regression", "generation")
 STYLES = ("t5", "taskless", "raw")
@@ -183,12 +183,26 @@ class Task:
                     raise ValueError(f"{self._where(split, i)}: {e}") from None
                 examples.extend(expand(example) if expand else [example])
         except HubError as e:
-            raise HubError(f"task {self.name}: {e}") from None
+            raise HubError(f"task {self.name}: {e.reason}", self._local_hint(split)) from None
         if not examples and limit != 0:
             where = self.source.path(split) if hasattr(self.source, "path") else f"split {split!r}"
             raise ValueError(f"{where}: task {self.name} has no examples in split {split!r} (an empty file, or "
                              "a header only)")
         return examples[:limit] if limit is not None else examples
+
+    def _local_hint(self, split: str) -> str:
+        """How to give this task local files for `split` instead of the hub: its own file name and folder."""
+        local = self.local_source
+        file = (local.files or {}).get(split) if local is not None else None
+        if file is None:
+            return LOCAL_HINT
+        hint = (f"without the hub, give the task local files: TASK_OVERRIDES={{'data_dir': '<folder with {file}>'}} "
+                f"(get_task({self.name!r}, data_dir=...))")
+        if local.data_dir.startswith("{shared}"):
+            folder = local.data_dir.replace("{shared}", "$PTJ_SHARED_DATA")
+            hint += (f", or put {file} in {folder} (now {local.path(split).parent}) with "
+                     "TASK_OVERRIDES={'source': 'local'}")
+        return hint
 
     def _where(self, split: str, i: int) -> str:
         """`file:line` of data row i (0-based) of a file source (after its header line), else the split."""
