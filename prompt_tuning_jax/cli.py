@@ -175,8 +175,9 @@ def main(entry: Callable[..., None], description: str, argv=None,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("datasets").propagate = False  # it prints its messages itself: once is enough
     # gin logs an error for every search path an `include` is not in; only a real miss matters.
-    # orbax logs a damaged checkpoint's parse error itself; the fallback's warning says it in one line.
-    noise = ("Path not found", "Failed to json parse")
+    # orbax (and fsspec, in a bucket) log a damaged checkpoint's read errors themselves; the fallback's
+    # warning says it in one line.
+    noise = ("Path not found", "Failed to json parse", "Failed to read Metadata file", "Global error state set")
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda r: not str(r.msg).startswith(noise))
         if not args.verbose:  # a library's logged traceback (orbax's save thread): the error line says it

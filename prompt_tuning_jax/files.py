@@ -106,6 +106,28 @@ def remove(path) -> None:
         p.unlink()
 
 
+def copy_folder(source, target) -> None:
+    """Copies every file under `source` to the same place under `target` (in a bucket, server-side)."""
+    if is_local(source) and is_local(target):
+        shutil.copytree(os.path.expanduser(source), os.path.expanduser(target), dirs_exist_ok=True)
+        return
+    fs = _gcs()
+    fs.invalidate_cache(source)
+    fs.copy(os.fspath(source).rstrip("/") + "/", os.fspath(target).rstrip("/") + "/", recursive=True)
+
+
+def remove_folder(path) -> None:
+    """Deletes a folder and everything under it (local or in a bucket); a missing folder is not an error."""
+    if is_local(path):
+        shutil.rmtree(os.path.expanduser(path), ignore_errors=True)
+        return
+    fs = _gcs()
+    fs.invalidate_cache(path)
+    if fs.exists(path):
+        fs.rm(os.fspath(path), recursive=True)
+    fs.invalidate_cache(os.path.dirname(os.fspath(path).rstrip("/")))
+
+
 def listdir(path) -> list[str]:
     return sorted(p.name for p in Path(path).iterdir())
 
@@ -167,11 +189,18 @@ def local_folder(path: str | os.PathLike, patterns: tuple[str, ...] = ("*",)) ->
     return local
 
 
+def _gcs():
+    """The gcsfs file system of gs:// paths: the instance `epath` (and so orbax) uses, so that a listing
+    invalidated here is invalidated for them too."""
+    _require_gcs("gs://")
+    import fsspec
+
+    return fsspec.filesystem("gcs", finalize_on_close=True)
+
+
 def _generations(folder: str) -> dict[str, str]:
     """The generation of each file directly in a bucket folder, by name, listed afresh (not from gcsfs' cache)."""
-    import gcsfs
-
-    fs = gcsfs.GCSFileSystem()
+    fs = _gcs()
     fs.invalidate_cache(folder)
     return {os.path.basename(info["name"].rstrip("/")): str(info["generation"])
             for info in fs.ls(folder, detail=True) if info.get("type") == "file"}

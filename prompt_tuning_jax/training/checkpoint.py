@@ -86,15 +86,15 @@ class Checkpointer:
     def _restore(self, step: int, args):
         try:
             return self.manager.restore(step, args=args)
-        except Exception as e:  # orbax and tensorstore errors are long and name no setting
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except Exception as e:  # orbax and tensorstore errors are long, name no setting, and are not ours to show
             if "structures do not match" in str(e) or "Requested shape" in str(e):  # another setup, not damage
                 raise ValueError(f"the checkpoint of step {step} in {self.directory}/checkpoints holds other "
                                  "trainable variables than this run: resume with the METHOD, PROMPT_LENGTH and "
                                  "head it was trained with, or use a new MODEL_DIR") from e
+            logger.debug("checkpoint step %d cannot be read: %r", step, e)  # the library's words, for --verbose
             raise DamagedCheckpoint(f"the checkpoint of step {step} in {self.directory}/checkpoints cannot be read "
-                             f"({first[:300]}); it was written by another run setup or is damaged: use a new "
-                             "MODEL_DIR, or move that step's folder away to resume from an older one") from e
+                                    "(a file in it is damaged, cut short or missing): use a new MODEL_DIR, or move "
+                                    "that step's folder away to resume from an older one") from e
 
     def check_prompt_shape(self, step: int | None, trainable_like) -> None:
         """The prompt exported with checkpoint `step` must have this run's prompt shape (PROMPT_LENGTH, width)."""
@@ -109,16 +109,17 @@ class Checkpointer:
                              f"resume with PROMPT_LENGTH={saved[-2]} and the same model, or use a new MODEL_DIR")
 
     def restore_newest_intact(self, trainable_like, opt_state_like):
-        """`restore` of the newest checkpoint that reads back. Damaged newer ones are moved, not deleted, to
-        `checkpoints_damaged/` (so that saving that step again works) and the run says so."""
+        """`restore` of the newest checkpoint that reads back. Damaged newer ones are set aside in
+        `checkpoints_damaged/<step>-<time>/` (moved on disk; in a bucket copied there, then removed from
+        `checkpoints/`), so that saving that step again works, never deleted; the run says so."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             try:
                 restored = self.restore(trainable_like, opt_state_like, step)
-            except DamagedCheckpoint as e:
-                logger.warning("checkpoint step %d in %s/checkpoints is damaged (%s): set aside in "
-                               "checkpoints_damaged/", step, self.directory, e.__cause__ or e)
-                self._set_aside(step)
+            except DamagedCheckpoint:
+                where = self._set_aside(step)
+                logger.warning("checkpoint step %d in %s/checkpoints cannot be read (a file in it is damaged, cut "
+                               "short or missing): set aside in %s", step, self.directory, where)
                 continue
             if step != steps[0]:
                 logger.warning("resuming from step %d, the newest intact checkpoint in %s/checkpoints (newer ones "
@@ -127,13 +128,23 @@ class Checkpointer:
         raise DamagedCheckpoint(f"no checkpoint in {self.directory}/checkpoints can be read (steps {steps}, now "
                                 f"in checkpoints_damaged/): use a new MODEL_DIR to start over")
 
-    def _set_aside(self, step: int) -> None:
+    def _set_aside(self, step: int) -> str:
+        """Moves a damaged step's folder to checkpoints_damaged/ (process 0; the others wait) -> where it went."""
         source = os.path.join(self.directory, "checkpoints", str(step))
         target = os.path.join(self.directory, "checkpoints_damaged", f"{step}-{int(time.time())}")
-        if jax.process_index() == 0 and "://" not in source:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(source, target)
+        if jax.process_index() == 0:
+            if files.is_local(source):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(source, target)
+            else:
+                files.copy_folder(source, target)  # every object copied before any is removed
+                files.remove_folder(source)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"ptj_set_aside_{step}")
         self.manager.reload()
+        return target
 
     def restore_trainable(self, trainable_like, step: int | None = None):
         """Only the trainable state (prompt and head) of `step` (default: latest), e.g. for evaluation."""

@@ -130,3 +130,32 @@ def test_model_prompt_and_outputs_all_in_a_bucket(gcs, tmp_path, tiny_gpt2_dir):
     assert on_disk.returncode == 0, on_disk.stderr[-3000:]
     assert json.loads(files.read_text("gs://bucket/eval_from_bucket/metrics.json")) == \
         json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+def test_a_damaged_checkpoint_in_a_bucket_is_set_aside_and_the_run_resumes_from_an_older_one(gcs):
+    """As on disk: the newest intact step is restored, and the damaged one is copied to checkpoints_damaged/
+    (every file, byte for byte) before it leaves checkpoints/, so that step can be saved again."""
+    bucket_run = "gs://bucket/damaged"
+    cmd = [*DEMO, f"--gin.MODEL_DIR='{bucket_run}'", "--gin.CHECKPOINT_PERIOD=2", "--gin.EVAL_PERIOD=0"]
+    first = run([*cmd, "--gin.TRAIN_STEPS=4"], emulator_env(gcs))
+    assert first.returncode == 0, first.stderr[-3000:]
+    fs = files._gcs()
+    fs.invalidate_cache()
+    step_4 = [p for p in fs.find(f"{bucket_run}/checkpoints/4")]
+    damaged = {p.split("/checkpoints/4/", 1)[1]: b"garbage" for p in step_4}
+    for name, content in damaged.items():
+        files.atomic_write(f"{bucket_run}/checkpoints/4/{name}", content)
+
+    resumed = run([*cmd, "--gin.TRAIN_STEPS=6"], emulator_env(gcs))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "trained 6 steps" in resumed.stdout
+    assert "checkpoint step 4 in gs://bucket/damaged/checkpoints cannot be read" in resumed.stderr
+    assert "resuming from step 2" in resumed.stderr
+    assert not [line for line in resumed.stderr.splitlines() if line.startswith(("ERROR", "Traceback"))], \
+        resumed.stderr  # the libraries' own read errors are not shown: the warning says it
+    fs.invalidate_cache()
+    aside = files.listdir(f"{bucket_run}/checkpoints_damaged")
+    assert len(aside) == 1 and aside[0].startswith("4-"), aside
+    for name, content in damaged.items():  # copied whole, never deleted
+        assert files.read_bytes(f"{bucket_run}/checkpoints_damaged/{aside[0]}/{name}") == content
+    assert sorted(int(s) for s in files.listdir(f"{bucket_run}/checkpoints") if s.isdigit()) == [2, 4, 6]
