@@ -30,6 +30,7 @@ import io
 import os
 import shutil
 import tempfile
+import time
 from typing import BinaryIO, Callable, Union
 
 from etils import epath
@@ -104,6 +105,30 @@ def remove(path) -> None:
     p = Path(path)
     if p.exists():
         p.unlink()
+
+
+def append(path: str | os.PathLike, content: bytes | str) -> None:
+    """Adds `content` at the end of a file, creating it if missing. Locally an append. In a bucket, whose
+    objects cannot be appended to, the new bytes go up as an object of their own, which is composed onto the
+    file (one server-side request) and removed: the cost is the new bytes, never the whole file, and readers
+    see the file before or after, whole."""
+    data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+    if is_local(path):
+        os.makedirs(os.path.dirname(os.path.abspath(os.path.expanduser(path))), exist_ok=True)
+        with open(os.path.expanduser(path), "ab") as f:
+            f.write(data)
+        return
+    fs, path = _gcs(), os.fspath(path)
+    if not fs.exists(path):
+        atomic_write(path, data)
+        return
+    part = f"{path}.part-{os.getpid()}-{time.time_ns()}"
+    fs.pipe_file(part, data)
+    try:
+        fs.merge(path, [path, part])
+    finally:
+        fs.rm_file(part)
+    fs.invalidate_cache(os.path.dirname(path))
 
 
 def copy_folder(source, target) -> None:

@@ -131,6 +131,33 @@ def test_run_record_writes_every_file_to_the_bucket(gcs):
     assert len(resumed.rows) == 3
 
 
+def test_run_record_in_a_bucket_sends_each_row_once(gcs, monkeypatch):
+    """300 rows with a flush every 10 (a checkpoint): the bytes sent stay those of the rows, where rewriting
+    metrics.jsonl at every row would send ~150x them; rows logged after the last flush are not in the bucket
+    until the next one (a resumed run redoes those steps)."""
+    from prompt_tuning_jax.training.records import RunRecord
+
+    fs = files._gcs()
+    sent, whole = [], []
+    pipe_file, write = fs.pipe_file, files.atomic_write
+    monkeypatch.setattr(fs, "pipe_file", lambda path, data, *a, **k: (sent.append(len(data)),
+                                                                         pipe_file(path, data, *a, **k))[1])
+    monkeypatch.setattr(files, "atomic_write", lambda path, content: (whole.append(str(path)), write(path, content))[1])
+    record = RunRecord("gs://bucket/rows", tensorboard=False)
+    for step in range(300):
+        record.log(step, "train", {"loss": 1.0 / (step + 1)})
+        if step % 10 == 9:
+            record.flush()
+    record.log(300, "train", {"loss": 0.0})
+    path = "gs://bucket/rows/metrics.jsonl"
+    size = len(files.read_bytes(path))
+    assert [json.loads(line)["step"] for line in files.read_text(path).splitlines()] == list(range(300))
+    assert 0 < sum(sent) < size, (sum(sent), size)  # only the new rows; the first flush creates the file whole
+    assert whole == [path], whole
+    record.close()
+    assert json.loads(files.read_text(path).splitlines()[-1])["step"] == 300
+
+
 def test_checkpoint_folder_in_a_bucket_loads_like_a_local_one(gcs, tmp_path, monkeypatch):
     import prompt_tuning_jax as ptj
 

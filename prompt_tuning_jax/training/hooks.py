@@ -127,12 +127,13 @@ class EvalHook(Hook):
 
 
 class CheckpointHook(Hook):
-    """Saves trainable state, optimizer state and `loop.meta()` every `every` steps and at the end."""
+    """Saves trainable state, optimizer state and `loop.meta()` every `every` steps and at the end; then
+    flushes the run record (a bucket's rows wait for it), so a resumed run loses no logged row."""
 
     pauses_clock = True
 
-    def __init__(self, checkpointer, every: int = 0):
-        self.checkpointer, self.every = checkpointer, every
+    def __init__(self, checkpointer, every: int = 0, record=None):
+        self.checkpointer, self.every, self.record = checkpointer, every, record
 
     def start(self, loop: Loop) -> None:
         latest = self.checkpointer.latest_step()
@@ -143,6 +144,8 @@ class CheckpointHook(Hook):
         loop.check_finite()  # never save after a NaN step under nonfinite='stop'
         self.checkpointer.save(loop.step, loop.trainer.trainable, loop.trainer.opt_state, loop.meta())
         loop.last_checkpoint = f"step {loop.step} in {self.checkpointer.directory}/checkpoints"
+        if self.record is not None:
+            self.record.flush()
 
     def end(self, loop: Loop) -> None:
         if self.checkpointer.latest_step() != loop.step:
@@ -197,6 +200,6 @@ def standard_hooks(model_dir: str | None, *, evaluate=None, eval_every: int = 0,
     if evaluate is not None:
         hooks.append(EvalHook(evaluate, eval_every, record, main_metric, eval_at_start))
     if checkpointer is not None:
-        hooks.append(CheckpointHook(checkpointer, checkpoint_every))
+        hooks.append(CheckpointHook(checkpointer, checkpoint_every, record))
     hooks.append(PreemptionHook())
     return StandardHooks(hooks, checkpointer)

@@ -1,9 +1,11 @@
 """A run's readable record: metrics.jsonl, metrics.csv, TensorBoard events and PNG plots (and W&B if asked).
 
 Only process 0 writes. Rows are flat dicts `{"step": int, "split": "train"|"eval", name: float}`.
-The directory may be a bucket (gs://...): every file then goes up whole through
-`files.atomic_write` (an object cannot be appended to), and TensorBoard writes
-its events to a local folder that is copied up after every flush.
+The directory may be a bucket (gs://...). Rows then wait in memory and go up at every `flush`: at each
+checkpoint (`CheckpointHook` calls it, so nothing logged before the last checkpoint is lost), at the end,
+and at least every FLUSH_S seconds. A flush sends only the new rows (`files.append`: an object composed
+onto metrics.jsonl), so a row costs O(1), not O(rows). TensorBoard writes its events to a local folder
+that is copied up at the same flushes; the other files go up whole through `files.atomic_write`.
 """
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ import io
 import json
 import os
 import tempfile
+import time
 from typing import Any
 
 import jax
 
 from prompt_tuning_jax import files
 from prompt_tuning_jax.files import atomic_write
+
+FLUSH_S = 60.0  # in a bucket, rows wait at most this long (or until the next checkpoint) before going up
 
 
 class RunRecord:
@@ -29,6 +34,8 @@ class RunRecord:
         self.directory = os.fspath(directory)
         self.active = jax.process_index() == 0
         self.rows: list[dict[str, Any]] = []
+        self._unsent: list[dict[str, Any]] = []  # bucket rows not yet in metrics.jsonl
+        self._flushed = time.monotonic()
         self._tb = self._wandb = None
         if not self.active:
             return
@@ -44,8 +51,9 @@ class RunRecord:
     def truncate_after(self, step: int) -> None:
         """Drops rows past `step` (a resumed run redoes those steps)."""
         self.rows = [r for r in self.rows if r["step"] <= step]
+        self._unsent = []
         if self.active:
-            self._rewrite_jsonl()
+            atomic_write(os.path.join(self.directory, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
@@ -53,20 +61,31 @@ class RunRecord:
         if not self.active:
             return
         if files.is_local(self.directory):
-            with open(os.path.join(self.directory, "metrics.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            files.append(os.path.join(self.directory, "metrics.jsonl"), json.dumps(row) + "\n")
         else:
-            self._rewrite_jsonl()
+            self._unsent.append(row)
         if self._tb is not None:
             self._tb.log(step, split, metrics)
         if self._wandb is not None:
             self._wandb.log(step, split, metrics)
+        if time.monotonic() - self._flushed > FLUSH_S:
+            self.flush()
 
-    def _rewrite_jsonl(self):
-        atomic_write(os.path.join(self.directory, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
+    def flush(self) -> None:
+        """Sends the rows logged since the last flush (and TensorBoard's events) to a bucket directory."""
+        self._flushed = time.monotonic()
+        if not self.active:
+            return
+        if self._unsent:
+            files.append(os.path.join(self.directory, "metrics.jsonl"),
+                         "".join(json.dumps(r) + "\n" for r in self._unsent))
+            self._unsent = []
+        if self._tb is not None:
+            self._tb.upload()
 
     def write_summary(self) -> None:
         """metrics.csv (one row per step and split) and plots/{train_loss,eval_metrics}.png."""
+        self.flush()
         if not self.active or not self.rows:
             return
         keys = ["step", "split"] + sorted({k for r in self.rows for k in r} - {"step", "split"})
@@ -107,8 +126,10 @@ class RunRecord:
             plt.close(fig)
 
     def close(self):
+        self.flush()
         if self._tb is not None:
             self._tb.close()
+            self._tb.upload()
         if self._wandb is not None:
             self._wandb.close()
             self._wandb = None
@@ -137,7 +158,7 @@ class _WandB:
 
 
 class _TensorBoard:
-    """tensorboardX scalars in `directory`; for a bucket, written locally and copied up after each flush."""
+    """tensorboardX scalars in `directory`; for a bucket, written locally and copied up at each `upload`."""
 
     def __init__(self, directory: str):
         try:
@@ -154,6 +175,13 @@ class _TensorBoard:
             return
         for k, v in metrics.items():
             self.writer.add_scalar(f"{split}/{k}", float(v), int(step))
+        if self.local == self.directory:
+            self.writer.flush()  # a local folder shows every row at once; a bucket's go up at `upload`
+
+    def upload(self) -> None:
+        """Flushes the events, and for a bucket copies the event files up."""
+        if self.writer is None:
+            return
         self.writer.flush()
         if self.local != self.directory:
             for name in os.listdir(self.local):
