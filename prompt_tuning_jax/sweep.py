@@ -3,7 +3,11 @@
 The sweep file binds `ptj.Sweep` (see `experiments/sweeps.py`); every cell is a
 `python -m prompt_tuning_jax.train` run of its own. `--gin.SWEEP_PARALLEL=N` runs
 N cells at once. Rerunning the command skips finished cells and rebuilds the
-results.
+results. The same command started on several machines (or several times on one)
+with the same SWEEP_DIR (a gs:// folder across machines; `scripts/tpu.sh sweep`
+starts one per TPU VM) shares the grid out: each worker claims the cells it runs,
+takes over those of a worker that died once their lease (`--gin.SWEEP_LEASE_S`)
+expires, and ends when every cell has, with the same results.csv and table.md.
 """
 
 from prompt_tuning_jax import cli
@@ -12,7 +16,7 @@ from prompt_tuning_jax.experiments import sweeps
 
 def run() -> None:
     sweep = cli.configured(sweeps.Sweep)()
-    rows = sweeps.run(sweep)
+    rows = sweeps.run(sweep, log=lambda line: print(line, flush=True))  # flushed: read while it runs
     failed = [r for r in rows if r["status"] != "done"]
     degenerate = sum(1 for r in rows if r["degenerate"])
     print(f"sweep: {len(rows) - len(failed)} of {len(rows)} runs finished, {degenerate} degenerate; "

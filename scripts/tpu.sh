@@ -19,6 +19,13 @@ Subcommands:
                     pipeline use bash -c '...'; log: ~/ptj_logs/worker_<hostname>.log, exit
                     status: ~/ptj_logs/exit_code)
   logs              tail the workers' logs (--worker N for one worker, --follow to keep following)
+  sweep -- FLAGS    start a sweep worker on each single-host TPU VM of --names (set each up first),
+                    all on one gs:// --sweep-dir: `python -m prompt_tuning_jax.sweep FLAGS
+                    --gin.SWEEP_DIR='DIR'`, in the background as launch starts CMD. The workers share
+                    the grid out (each cell runs once; a dead VM's cell is taken over once its lease,
+                    --gin.SWEEP_LEASE_S=300, expires) and each ends when the whole grid has, writing the
+                    same SWEEP_DIR/results.csv and table.md. Running it again restarts the workers;
+                    finished cells are kept
   babysit -- CMD    watch the TPU and the job launched with CMD; after a preemption delete the TPU,
                     re-create it, set it up and launch CMD again (it resumes from its gs:// MODEL_DIR);
                     a job found not running is relaunched too; exit 0 when the job exits 0, 1 when
@@ -29,7 +36,8 @@ Subcommands:
   info              print the accelerator's hosts and default runtime version
 
 Options (before or after the subcommand; [ENV] gives a default):
-  --name NAME            TPU name [TPU_NAME]
+  --name NAME            TPU name [TPU_NAME]; sweep: repeat it, one per VM
+  --names A,B,C          sweep: the TPU VMs, one worker on each
   --zone ZONE            zone, e.g. us-central2-b [ZONE]
   --project PROJECT      project, passed to gcloud as --project= [PROJECT]
   --accelerator TYPE     e.g. v4-8, v4-32, v5litepod-16, v5p-8, v6e-8 [ACCELERATOR]
@@ -39,6 +47,7 @@ Options (before or after the subcommand; [ENV] gives a default):
                          v2-alpha-tpuv5-lite; v5p: v2-alpha-tpuv5; v6e: v2-alpha-tpuv6e
   --model-dir gs://B/R   the run's MODEL_DIR [MODEL_DIR]: fetch's source; launch and babysit
                          export it to COMMAND as MODEL_DIR
+  --sweep-dir gs://B/S   sweep: the SWEEP_DIR every worker shares [SWEEP_DIR]
   --worker N|all         logs: which worker (default all)
   --follow               logs: keep following
   --max-retries N        babysit: recoveries before giving up (default 5)
@@ -56,15 +65,24 @@ Example:
   scripts/tpu.sh setup --name ptj --zone us-central2-b
   scripts/tpu.sh babysit --name ptj --zone us-central2-b --accelerator v4-32 --spot \
     --model-dir gs://BUCKET/sst2 -- bash scripts/sst2_demo.sh
+
+  for vm in sw-1 sw-2 sw-3; do
+    scripts/tpu.sh create --name $vm --zone us-central2-b --accelerator v4-8 --spot
+    scripts/tpu.sh setup --name $vm --zone us-central2-b
+  done
+  scripts/tpu.sh sweep --names sw-1,sw-2,sw-3 --zone us-central2-b --accelerator v4-8 \
+    --sweep-dir gs://BUCKET/seed_table -- --gin_file=sweeps/seed_table.gin
 EOF
 }
 
 GCLOUD=${GCLOUD:-gcloud}
 NAME=${TPU_NAME:-}
+NAMES=()
 ZONE=${ZONE:-}
 PROJECT=${PROJECT:-}
 ACCELERATOR=${ACCELERATOR:-}
 MODEL_DIR_OPT=${MODEL_DIR:-}
+SWEEP_DIR_OPT=${SWEEP_DIR:-}
 PROVISIONING=""
 TPU_VM=0
 RUNTIME_VERSION=""
@@ -100,13 +118,13 @@ parse_args() {
       --tpu-vm) TPU_VM=1;;
       --dry-run) DRY_RUN=1;;
       --follow) FOLLOW=1;;
-      --name|--zone|--project|--accelerator|--runtime-version|--model-dir|--worker|--max-retries|--poll-seconds|--max-polls)
+      --name|--names|--zone|--project|--accelerator|--runtime-version|--model-dir|--sweep-dir|--worker|--max-retries|--poll-seconds|--max-polls)
         (( $# >= 2 )) || die "$1 needs a value: $1 VALUE"
         set_option "$1" "$2"; shift;;
       --*=*)
         flag=${1%%=*}; value=${1#*=}
         case $flag in
-          --name|--zone|--project|--accelerator|--runtime-version|--model-dir|--worker|--max-retries|--poll-seconds|--max-polls)
+          --name|--names|--zone|--project|--accelerator|--runtime-version|--model-dir|--sweep-dir|--worker|--max-retries|--poll-seconds|--max-polls)
             set_option "$flag" "$value";;
           *) die "unknown option $flag (see scripts/tpu.sh --help)";;
         esac;;
@@ -118,13 +136,18 @@ parse_args() {
 }
 
 set_option() {
+  local names name
   case $1 in
-    --name) NAME=$2;;
+    --name) NAME=$2; NAMES+=("$2");;
+    --names) [[ $2 == *[^,]* ]] || die "--names takes TPU names separated by commas (got '$2')"
+             IFS=, read -ra names <<< "$2"
+             for name in "${names[@]}"; do [[ -z $name ]] || NAMES+=("$name"); done;;
     --zone) ZONE=$2;;
     --project) PROJECT=$2;;
     --accelerator) ACCELERATOR=$2;;
     --runtime-version) RUNTIME_VERSION=$2;;
     --model-dir) MODEL_DIR_OPT=$2;;
+    --sweep-dir) SWEEP_DIR_OPT=$2;;
     --worker) [[ $2 == all || $2 =~ ^[0-9]+$ ]] || die "--worker takes a worker number or all (got '$2')"
               WORKER=$2;;
     --max-retries|--poll-seconds|--max-polls)
@@ -410,6 +433,28 @@ cmd_babysit() {
   done
 }
 
+cmd_sweep() {
+  local name failed=()
+  if (( ! ${#NAMES[@]} )) && [[ -n $NAME ]]; then NAMES=("$NAME"); fi
+  (( ${#NAMES[@]} )) || die "sweep needs its TPU VMs: pass --names A,B,C (or --name once per VM)"
+  require zone accelerator
+  (( ${#CMD[@]} )) || die "sweep needs the sweep's flags after --: scripts/tpu.sh sweep --names A,B --zone Z --accelerator v4-8 --sweep-dir gs://BUCKET/SWEEP -- --gin_file=sweeps/demo.gin"
+  [[ -n $SWEEP_DIR_OPT ]] || die "sweep needs the SWEEP_DIR its workers share: pass --sweep-dir gs://BUCKET/SWEEP or set SWEEP_DIR"
+  [[ $SWEEP_DIR_OPT == gs://* ]] || die "sweep workers on several VMs share one SWEEP_DIR: it must be a gs:// bucket path (got $SWEEP_DIR_OPT)"
+  (( $(hosts) <= 1 )) || die "sweep runs one worker per TPU VM and each cell on its VM alone: --accelerator $ACCELERATOR has $(hosts) hosts; use single-host VMs (e.g. v4-8, v5litepod-8, v6e-8)"
+  for name in "${CMD[@]}"; do
+    [[ $name != --gin.SWEEP_DIR* ]] || die "pass the SWEEP_DIR with --sweep-dir, not $name after --"
+  done
+  CMD=(python -m prompt_tuning_jax.sweep "${CMD[@]}" "--gin.SWEEP_DIR='$SWEEP_DIR_OPT'")
+  for name in "${NAMES[@]}"; do
+    NAME=$name
+    say "starting a sweep worker on $NAME"
+    start_job || failed+=("$name")
+  done
+  (( ! ${#failed[@]} )) || fail "no sweep worker started on ${failed[*]}: set it up (scripts/tpu.sh setup --name NAME), then run the same sweep command again"
+  say "${#NAMES[@]} sweep workers started on $SWEEP_DIR_OPT; follow one with scripts/tpu.sh logs --name NAME"
+}
+
 cmd_fetch() {
   local src=${MODEL_DIR_OPT%/} dest
   [[ -n $src ]] || die "fetch needs the run's gs:// MODEL_DIR: pass --model-dir gs://BUCKET/RUN or set MODEL_DIR"
@@ -441,12 +486,15 @@ cmd_info() {
 main() {
   parse_args "$@"
   case $SUBCOMMAND in
-    create|setup|launch|logs|babysit|fetch|delete|info) ;;
-    "") die "no subcommand: scripts/tpu.sh {create|setup|launch|logs|babysit|fetch|delete|info} ... (see --help)";;
-    *) die "unknown subcommand $SUBCOMMAND: use create, setup, launch, logs, babysit, fetch, delete or info";;
+    create|setup|launch|logs|babysit|sweep|fetch|delete|info) ;;
+    "") die "no subcommand: scripts/tpu.sh {create|setup|launch|logs|babysit|sweep|fetch|delete|info} ... (see --help)";;
+    *) die "unknown subcommand $SUBCOMMAND: use create, setup, launch, logs, babysit, sweep, fetch, delete or info";;
   esac
-  if (( ${#CMD[@]} )) && [[ $SUBCOMMAND != launch && $SUBCOMMAND != babysit ]]; then
-    die "$SUBCOMMAND takes no command after --; only launch and babysit do"
+  if (( ${#CMD[@]} )) && [[ $SUBCOMMAND != launch && $SUBCOMMAND != babysit && $SUBCOMMAND != sweep ]]; then
+    die "$SUBCOMMAND takes no command after --; only launch, babysit and sweep do"
+  fi
+  if (( ${#NAMES[@]} > 1 )) && [[ $SUBCOMMAND != sweep ]]; then
+    die "$SUBCOMMAND takes one TPU name (got ${NAMES[*]}); only sweep takes several"
   fi
   if (( ${#POSITIONAL[@]} )) && [[ $SUBCOMMAND != fetch || ${#POSITIONAL[@]} -gt 1 ]]; then
     die "unexpected argument ${POSITIONAL[${#POSITIONAL[@]}-1]} (see scripts/tpu.sh --help)"

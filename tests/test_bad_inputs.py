@@ -125,6 +125,7 @@ def test_no_intact_checkpoint_names_the_folder(finished_run, tmp_path, capsys):
             f.write_text("garbage")
     code, _, err = run_train(capsys, "--gin.TRAIN_STEPS=6", model_dir=run)
     line = assert_one_error_line(code, err, "no checkpoint", str(run / "checkpoints"))
+    assert not any("Expecting value" in e for e in err), err  # json's own words for the damaged file
     TABLE.append(("every checkpoint damaged", code, line))
 
 
@@ -213,6 +214,37 @@ def test_a_real_process_exits_2_with_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --gin.TRAIN_STEPZ"), proc.stderr
     TABLE.append(("a real process: --gin.TRAIN_STEPZ=5", proc.returncode, lines[0]))
+
+
+@pytest.mark.slow
+def test_an_offline_hub_dataset_without_a_cache_is_named(tmp_path, capsys, monkeypatch):
+    import datasets
+
+    cache = tmp_path / "datasets_cache"  # empty: nothing was ever downloaded
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # datasets reads both when imported
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    code, _, err = run_train(capsys, "--gin.MIXTURE_OR_TASK_NAME='cola'", "--gin.TRAIN_STEPS=2",
+                             model_dir=tmp_path / "run")
+    line = assert_one_error_line(code, err, "nyu-mll/glue/cola", f"not in the datasets cache {cache}",
+                                 "HF_DATASETS_OFFLINE=1", "TASK_OVERRIDES={'data_dir': '<folder with dev.tsv>'}")
+    assert "Couldn't reach" not in line  # our words, not datasets'
+    TABLE.append(("HF_DATASETS_OFFLINE=1, hub task cola, empty datasets cache", code, line))
+
+
+def test_a_sweep_dir_of_another_grid_is_named(tmp_path, capsys):
+    """A sweep worker pointed at a SWEEP_DIR another sweep file made: one line naming it and the fix, nothing run."""
+    from prompt_tuning_jax import sweep
+    from prompt_tuning_jax.experiments import sweeps
+
+    folder = tmp_path / "sweep"
+    sweeps.check_grid(sweeps.Sweep(str(folder), ["runs/demo.gin"], methods={"prompt": {}}))  # its sweep.json
+    code = cli.main(sweep.run, "sweep", ["--gin_file=sweeps/demo.gin", f"--gin.SWEEP_DIR='{folder}'"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    line = assert_one_error_line(code, err, f"SWEEP_DIR {folder} holds another grid", "sweep.json",
+                                 "run the sweep file that made it, or pick a new SWEEP_DIR")
+    assert not (folder / "runs").exists()
+    TABLE.append(("SWEEP_DIR made by another sweep file", code, line))
 
 
 def test_zz_print_the_table():

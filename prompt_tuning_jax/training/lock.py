@@ -62,11 +62,13 @@ class RunLock:
 
     lease_s: how long the lock stays valid without a renewal (written into the lock, so the holder's own lease
     decides when others may take it over). renew_s: how often the holder renews it (default lease_s / 10).
+    name: the lock's file name in the folder (`run.lock`; a sweep claims its cells with `sweep.lock`).
     `lost` becomes True if the holder finds the lock taken over (it failed to renew for a whole lease).
     """
 
-    def __init__(self, model_dir: str, lease_s: float = LEASE_S, renew_s: float | None = None):
-        self.path = os.path.join(model_dir, LOCK_NAME)
+    def __init__(self, model_dir: str, lease_s: float = LEASE_S, renew_s: float | None = None,
+                 name: str = LOCK_NAME):
+        self.path = os.path.join(model_dir, name)
         self.lease_s = float(lease_s)
         self.renew_s = float(renew_s) if renew_s is not None else self.lease_s / RENEW_EVERY
         if not 0 < self.renew_s < self.lease_s:
@@ -194,7 +196,7 @@ class _LocalLock:
         no reader ever sees it empty."""
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{LOCK_NAME}.", dir=folder)
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", dir=folder)
         except OSError as e:  # read-only file system, no permission
             raise OSError(e.errno, f"MODEL_DIR {folder} is not writable ({e.strerror}); choose a folder this "
                                    "process can write") from None

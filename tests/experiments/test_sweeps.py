@@ -1,14 +1,18 @@
-"""Sweeps: the grid, degenerate runs, the table, and a real two-cell sweep that resumes without rerunning."""
+"""Sweeps: the grid, degenerate runs, the table, claims of cells among workers, sweep.json, and a real two-cell sweep
+that resumes without rerunning."""
 import csv
 import json
 import math
 import os
 import sys
+import threading
+import time
 
 import pytest
 
 from prompt_tuning_jax.experiments import sweep_report, sweeps
 from prompt_tuning_jax.experiments.sweeps import Sweep, is_degenerate
+from prompt_tuning_jax.training.lock import RunLock
 
 
 def _sweep(tmp_path, **kw):
@@ -103,6 +107,72 @@ def test_every_cell_of_the_shipped_sweeps_is_a_valid_run(name, tmp_path):
         cli.parse_gin([arg.split("=", 1)[1] for arg in rest], bindings)
         assert gin.query_parameter("%PROMPT_LENGTH") == cell.prompt_length
     gin.clear_config()
+
+
+def test_sweep_json_records_the_grid_and_a_sweep_dir_of_another_grid_is_refused(tmp_path):
+    sweeps.check_grid(_sweep(tmp_path))
+    recorded = json.loads((tmp_path / sweeps.GRID).read_text())
+    assert recorded["methods"] == {"prefix": {"PROMPT_PLACEMENT": "'prefix'"}, "suffix": {}}
+    assert recorded["seeds"] == [0] and recorded["gin_files"] == ["runs/demo.gin"]
+    sweeps.check_grid(_sweep(tmp_path, parallel=3, lease_s=9))  # another worker of the same grid
+    with pytest.raises(ValueError, match=rf"^SWEEP_DIR {tmp_path} holds another grid \(its seeds: \[0\], this "
+                                         r"sweep's: \[0, 1\]; see .*sweep.json\): run the sweep file that made it, "
+                                         r"or pick a new SWEEP_DIR$"):
+        sweeps.check_grid(_sweep(tmp_path, seeds=[0, 1]))
+    with pytest.raises(ValueError, match=r"its methods: \[\"prefix\", \"suffix\"\], this sweep's: \[\"prefix\"\]"):
+        sweeps.check_grid(_sweep(tmp_path, methods={"prefix": {}}))
+
+
+def _quick(tmp_path, **kw):
+    """A sweep whose cells run `python -c pass` instead of training."""
+    sweep = _sweep(tmp_path, **kw)
+    sweep.command = lambda cell: [sys.executable, "-c", "pass"]
+    return sweep
+
+
+def test_a_cell_claimed_by_a_live_worker_or_run_is_busy_and_a_failed_one_is_left_to_its_worker(tmp_path):
+    sweep = _quick(tmp_path, lease_s=2.0)
+    cell = sweep.cells()[0]
+    folder = sweep.run_dir(cell)
+    os.makedirs(folder)
+    with RunLock(folder, lease_s=2.0, name=sweeps.CELL_LOCK):  # another worker's claim
+        assert sweeps.run_cell(sweep, cell) == sweeps.BUSY
+    with RunLock(folder, lease_s=2.0):  # the run.lock of a train process that outlived its worker
+        assert sweeps.run_cell(sweep, cell) == sweeps.BUSY
+    (tmp_path / "runs" / cell.name / sweeps.FAILED).write_text(json.dumps({"worker": "vm-2:42"}))
+    assert sweeps.run_cell(sweep, cell, retry_failed=False) == "failed (by vm-2:42)"
+    logs = []
+    assert sweeps.run_cell(sweep, cell, log=logs.append) == "done"  # a new start of the sweep retries it
+    assert not os.path.exists(os.path.join(folder, sweeps.FAILED)) and not os.path.exists(
+        os.path.join(folder, sweeps.CELL_LOCK))
+    assert logs == [f"  {cell.name}: running (worker {sweeps.WORKER})", f"  {cell.name}: done (worker {sweeps.WORKER})"]
+    assert sweeps.run_cell(sweep, cell) == "skipped"
+
+
+def test_a_worker_runs_the_free_cells_then_waits_for_the_one_another_worker_holds(tmp_path):
+    sweep = _quick(tmp_path, lease_s=1.0)
+    held, free = sweep.cells()
+    folder = sweep.run_dir(held)
+    os.makedirs(folder)
+    claim = RunLock(folder, lease_s=1.0, name=sweeps.CELL_LOCK)
+    claim.acquire()
+
+    def other_worker_finishes():
+        (tmp_path / "runs" / held.name / sweeps.DONE).write_text(json.dumps({"worker": "vm-2:42", "wall_s": 1.0}))
+        claim.release()
+
+    timer = threading.Timer(2.0, other_worker_finishes)
+    timer.start()
+    logs = []
+    start = time.time()
+    rows = sweeps.run(sweep, log=logs.append)
+    timer.join()
+    assert time.time() - start >= 2.0 and [r["status"] for r in rows] == ["done", "done"]
+    assert logs[1:] == [f"  {free.name}: running (worker {sweeps.WORKER})",
+                        f"  {free.name}: done (worker {sweeps.WORKER})",
+                        f"sweep: waiting for 1 cells other workers run ({held.name})"]
+    assert (tmp_path / "results.csv").exists() and (tmp_path / "table.md").exists()
+    assert not (tmp_path / sweeps.DIR_LOCK).exists()
 
 
 def test_a_mixture_run_is_read_by_its_own_task_metric():

@@ -326,6 +326,38 @@ def test_babysit_gives_up_after_max_retries(gcloud):
     assert kinds.count("create") == 2 and kinds.count("ssh:launch") == 2 and kinds[-1] == "describe"
 
 
+def test_sweep_starts_one_worker_on_every_vm_on_the_same_sweep_dir(gcloud, tmp_path):
+    vms = ["sw-a", "sw-b", "sw-c"]
+    for vm in vms:
+        for args in (["create", "--name", vm, "--zone", "z", "--accelerator", "v4-8", "--tpu-vm",
+                      "--poll-seconds", "0"], ["setup", "--name", vm, "--zone", "z"]):
+            assert gcloud.run(*args).returncode == 0, args
+    before = len(gcloud.calls())
+    out = gcloud.run("sweep", "--names", "sw-a,sw-b", "--name", "sw-c", "--zone", "z", "--accelerator", "v4-8",
+                     "--sweep-dir", "gs://bucket/sweep", "--", "--gin_file=sweeps/demo.gin", "--gin.SWEEP_PARALLEL=2")
+    assert out.returncode == 0, out.stderr
+    assert "3 sweep workers started on gs://bucket/sweep" in out.stderr
+    calls = gcloud.calls()[before:]
+    assert [(c[4], kind(c)) for c in calls] == [(vm, k) for vm in vms for k in ("ssh:kill", "ssh:launch")]
+    launches = {option(c, "--command") for c in calls if kind(c) == "ssh:launch"}
+    assert len(launches) == 1  # every VM runs the same worker, on the same SWEEP_DIR
+    job = run_remote(launches.pop(), tmp_path)
+    assert job["argv"] == ["-m", "prompt_tuning_jax.sweep", "--gin_file=sweeps/demo.gin", "--gin.SWEEP_PARALLEL=2",
+                           "--gin.SWEEP_DIR='gs://bucket/sweep'"]
+    assert job["exit_code"] == "0"
+
+
+def test_sweep_names_the_vms_it_could_not_start_a_worker_on(gcloud):
+    assert gcloud.run("create", "--name", "up", "--zone", "z", "--accelerator", "v4-8", "--poll-seconds", "0",
+                      "--tpu-vm").returncode == 0
+    assert gcloud.run("setup", "--name", "up", "--zone", "z").returncode == 0
+    out = gcloud.run("sweep", "--names", "up,gone", "--zone", "z", "--accelerator", "v4-8", "--",
+                     "--gin_file=sweeps/demo.gin", SWEEP_DIR="gs://bucket/sweep")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: no sweep worker started on gone")
+    assert [kind(c) for c in gcloud.calls() if c[4] == "up"][-2:] == ["ssh:kill", "ssh:launch"]
+
+
 def test_fetch_copies_the_run_from_its_bucket(gcloud, tmp_path):
     dest = tmp_path / "sst2"
     out = gcloud.run("fetch", str(dest), MODEL_DIR="gs://bucket/sst2/")
@@ -354,6 +386,17 @@ def test_fetch_copies_the_run_from_its_bucket(gcloud, tmp_path):
     (["delete", *HOST, "--", "python"], ["after --"]),
     (["fetch", "--model-dir", "runs/x"], ["gs://"]),
     (["fetch"], ["--model-dir"]),
+    (["sweep", "--zone", "z", "--accelerator", "v4-8", "--sweep-dir", "gs://b/s", "--", "--gin_file=x.gin"],
+     ["--names"]),
+    (["sweep", "--names", "a,b", "--zone", "z", "--accelerator", "v4-8", "--", "--gin_file=x.gin"], ["--sweep-dir"]),
+    (["sweep", "--names", "a,b", "--zone", "z", "--accelerator", "v4-8", "--sweep-dir", "runs/s", "--",
+      "--gin_file=x.gin"], ["gs://", "runs/s"]),
+    (["sweep", "--names", "a,b", *POD[2:], "--sweep-dir", "gs://b/s", "--", "--gin_file=x.gin"],
+     ["v4-32", "single-host"]),
+    (["sweep", "--names", "a,b", "--zone", "z", "--accelerator", "v4-8", "--sweep-dir", "gs://b/s"], ["after --"]),
+    (["sweep", "--names", "a", "--zone", "z", "--accelerator", "v4-8", "--sweep-dir", "gs://b/s", "--",
+      "--gin.SWEEP_DIR='gs://b/t'"], ["--sweep-dir"]),
+    (["create", "--name", "a", "--name", "b", "--zone", "z", "--accelerator", "v4-8"], ["only sweep"]),
 ])
 def test_bad_input_is_one_error_line_and_no_gcloud_call(gcloud, args, names):
     out = gcloud.run(*args)
