@@ -32,7 +32,7 @@ from prompt_tuning_jax import compat, experiments
 from prompt_tuning_jax.experiments import demo_model, sweeps
 from prompt_tuning_jax.models import hub_id
 from prompt_tuning_jax.pretrained_prompts import released_prompt
-from prompt_tuning_jax.training import distributed, optim, watchdog
+from prompt_tuning_jax.training import compilation_cache, distributed, optim, watchdog
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 CONFIG_DIR = os.path.join(PACKAGE_DIR, "configs")
@@ -97,6 +97,13 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
                          + " ".join(f"--gin.{m}=..." for m in sorted(missing)) + ")")
 
 
+def gin_macro(name: str):
+    """The value of a gin macro in the parsed configuration, or None when no loaded file defines it."""
+    try:
+        return gin.query_parameter(f"%{name}")
+    except ValueError:
+        return None
+
 
 def check_bindings_used(bindings: Sequence[str], config: str) -> None:
     """A `--gin.NAME=...` macro binding must name a macro the loaded files use (`%NAME`), or it would be
@@ -122,6 +129,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                    help="seconds after which a silent process counts as dead and the others exit non-zero")
     p.add_argument("--tfds_data_dir", help="T5X's flag, accepted for the original's scripts: tasks here do not read "
                                            "TFDS (see compat.note_tfds_data_dir)")
+    p.add_argument("--compilation_cache", help="where compiled programs are kept between runs: a folder, a gs:// "
+                                               "URL or 'off' (default: $PTJ_COMPILATION_CACHE, else "
+                                               "~/.cache/prompt_tuning_jax/xla; see training/compilation_cache.py)")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -194,6 +204,8 @@ def main(entry: Callable[..., None], description: str, argv=None,
         compat.note_tfds_data_dir(args.tfds_data_dir)
         parse_gin(args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p],
                   command if command in ("train", "eval", "infer") else None)
+        if command != "compile":  # programs compiled for a TPU topology absent here are not reused
+            compilation_cache.enable(args.compilation_cache, gin_macro("MODEL_DIR"))
         entry(args) if add_arguments is not None else entry()
         watchdog.finish()
     except KeyboardInterrupt:

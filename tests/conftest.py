@@ -17,6 +17,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Each test compiles afresh: a shared compilation cache written by both xdist workers at once could hand one a
+# torn entry (and its warning line). tests/test_compilation_cache.py sets its own folders.
+os.environ.setdefault("PTJ_COMPILATION_CACHE", "off")
 
 import numpy as np
 import pytest
