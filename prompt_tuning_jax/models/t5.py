@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -268,6 +268,30 @@ class Attention(nnx.Module):
         """x [B, Tq, d], kv [B, Tk, d], bias [B|1, N|1, Tq, Tk] -> [B, Tq, d]."""
         return self.attend_to(x, *self.project_kv(kv), bias, keys)
 
+    def absorbs(self, queries: int) -> bool:
+        """Whether `attend_to_memory` is the cheaper way for `queries` query positions per memory row: plain
+        k and v weights (no LoRA, no IA3), and fewer queries than d_kv. Projecting keys and values costs
+        S x d x N x D per memory row once; reading the memory through the weights costs S x d x N per query."""
+        plain = all(w.lora is None and w.ia3 is None for w in (self.k, self.v))
+        return plain and queries < self.d_kv
+
+    def attend_to_memory(self, x: jax.Array, memory: jax.Array, bias: jax.Array) -> jax.Array:
+        """x [R*B, Tq, d] attends to memory [B, S, d] (the encoder output; R >= 1 query rows per memory row,
+        example-major) without projecting it: q·(m Wk)ᵀ = (q Wk)·mᵀ and p·(m Wv) = (p·m) Wv, the same
+        numbers up to float rounding. bias: cross-attention's padding bias [R*B|1, 1, 1, S]. No dropout."""
+        b, s, d = memory.shape
+        r, tq = x.shape[0] // b, x.shape[1]
+        q = self._heads(self.q(x)).reshape(b, r * tq, self.num_heads, self.d_kv)  # [B, R*Tq, N, D]
+        wk, wv = (w.weight[...].reshape(self.num_heads, self.d_kv, d).astype(q.dtype) for w in (self.k, self.v))
+        memory = memory.astype(q.dtype)
+        scores = jnp.einsum("bqne,bke->bnqk", jnp.einsum("bqnd,nde->bqne", q, wk), memory,
+                            preferred_element_type=jnp.float32)  # [B, N, R*Tq, S]
+        if bias.shape[0] > 1:  # one row per query row: the R rows of an input share their memory's padding
+            bias = bias.reshape(b, r, *bias.shape[1:])[:, 0]
+        probs = jax.nn.softmax(scores + bias, axis=-1).astype(q.dtype)
+        out = jnp.einsum("bqne,nde->bqnd", jnp.einsum("bnqk,bke->bqne", probs, memory), wv)  # [B, R*Tq, N, D]
+        return self.o(out.reshape(r * b, tq, -1))
+
     def position_bias(self, q_len: int, k_len: int, bidirectional: bool, num_buckets: int,
                       max_distance: int, q_offset: int | jax.Array = 0) -> jax.Array:
         """Learned relative position bias [1, N, Tq, Tk] in float32; query i sits at position q_offset + i."""
@@ -299,6 +323,13 @@ class LayerSelfAttention(nnx.Module):
         return x + self.SelfAttention.attend_to(h, *common.with_prefix(prefix, k_all, v_all), bias), (k_all, v_all)
 
 
+class EncoderMemory(NamedTuple):
+    """The encoder output as a decoder layer's cross-attention cache, read through the k and v weights
+    (`Attention.attend_to_memory`) instead of projected into keys and values."""
+
+    hidden: jax.Array  # [B, S, d]
+
+
 class LayerCrossAttention(nnx.Module):
     def __init__(self, config, *, dtype, param_dtype, rngs):
         self.EncDecAttention = Attention(config, False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -306,12 +337,25 @@ class LayerCrossAttention(nnx.Module):
         self.dropout_rate = config.dropout_rate
 
     def __call__(self, x, encoder_hidden, bias, keys=None):
-        out = self.EncDecAttention(self.layer_norm(x), encoder_hidden, bias, common.fold(keys, 0))
+        """x [R*B, T, d] attends to encoder_hidden [B, S, d] (R >= 1 targets per input, example-major, as rank
+        classification scores R labels). Short targets without attention dropout read the encoder output
+        through the weights (`Attention.attend_to_memory`); otherwise keys and values are projected once per
+        input (and repeated R times)."""
+        attention, h = self.EncDecAttention, self.layer_norm(x)
+        r = x.shape[0] // encoder_hidden.shape[0]
+        if attention.absorbs(r * x.shape[1]) and (keys is None or self.dropout_rate == 0):
+            out = attention.attend_to_memory(h, encoder_hidden, bias)
+        else:
+            k, v = (jnp.repeat(y, r, axis=0) if r > 1 else y for y in attention.project_kv(encoder_hidden))
+            out = attention.attend_to(h, k, v, bias, common.fold(keys, 0))
         return x + common.dropout(out, self.dropout_rate, common.fold(keys, 1))
 
-    def cached(self, x, cross_kv, bias):
-        """Cross-attention to keys and values projected once from the encoder output (`init_cache`)."""
-        return x + self.EncDecAttention.attend_to(self.layer_norm(x), *cross_kv, bias)
+    def cached(self, x, cross, bias):
+        """Cross-attention to the encoder output (`init_cache`): its projected (keys, values), or the output
+        itself (an `EncoderMemory`) read through the weights."""
+        if isinstance(cross, EncoderMemory):
+            return x + self.EncDecAttention.attend_to_memory(self.layer_norm(x), cross.hidden, bias)
+        return x + self.EncDecAttention.attend_to(self.layer_norm(x), *cross, bias)
 
 
 class DenseActDense(nnx.Module):
@@ -504,7 +548,8 @@ class T5(prefix_lib.PrefixSeam, nnx.Module):
 
     def decode(self, decoder_input_ids: jax.Array, encoder_hidden: jax.Array, encoder_mask: jax.Array | None = None,
                decoder_attention_mask: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
-        """Decoder: ids [B, T] attending to encoder_hidden [B, S, d] -> hidden [B, T, d]."""
+        """Decoder: ids [R*B, T] attending to encoder_hidden [B, S, d] (R >= 1 targets per input, example-major;
+        encoder_mask [R*B, S]) -> hidden [R*B, T, d]."""
         keys = self._row_keys(dropout_rng, decoder_input_ids.shape[0])
         return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_hidden, encoder_mask,
                             keys=keys, prefix_kv=self._prefix_kv())
@@ -551,7 +596,7 @@ class T5(prefix_lib.PrefixSeam, nnx.Module):
         start = jnp.full((rb, 1), self.config.decoder_start_token_id, target_ids.dtype)
         decoder_input_ids = jnp.concatenate([start, target_ids[:, :-1]], axis=1)  # shifted right
         decoder_keys = common.repeat_keys(common.fold(keys, 1), rb // b)
-        return self.decode(decoder_input_ids, rep(encoded), rep(attention_mask), target_mask, decoder_keys)
+        return self.decode(decoder_input_ids, encoded, rep(attention_mask), target_mask, decoder_keys)
 
     def target_logits(self, inputs_embeds, attention_mask, target_ids, target_mask, dropout_rng=None,
                       prompt_site=None):
@@ -587,14 +632,17 @@ class T5(prefix_lib.PrefixSeam, nnx.Module):
     def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:
         """Cache for decoding M = max_length decoder positions against encoder_hidden [B, S, d].
 
-        {"self": per layer (k, v) zeros [B, M, N, D], "cross": per layer (k, v) [B, S, N, D]
-        projected from the encoder output}; compute dtype.
+        {"self": per layer (k, v) zeros [B, M, N, D], "cross": per layer (k, v) [B, S, N, D] projected
+        from the encoder output, or for a short decode (M < d_kv, plain weights: `Attention.absorbs`) the
+        output itself [B, S, d] as an `EncoderMemory`, read through the weights at each step: cheaper than
+        projecting it}; compute dtype.
         """
         b, c = encoder_hidden.shape[0], self.config
         shape = (b, max_length, c.num_heads, c.d_kv)
         self_kv = tuple((jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.decoder.block)
         encoder_hidden = encoder_hidden.astype(self.dtype)
-        cross = tuple(block.layer[1].EncDecAttention.project_kv(encoder_hidden) for block in self.decoder.block)
+        cross = tuple(EncoderMemory(encoder_hidden) if attention.absorbs(max_length) else attention.project_kv(
+            encoder_hidden) for attention in (block.layer[1].EncDecAttention for block in self.decoder.block))
         return {"self": self_kv, "cross": cross}
 
     def decode_cached(self, decoder_input_ids: jax.Array, cache: dict, index: int | jax.Array,
