@@ -61,7 +61,8 @@ def target_token_logprobs(prompted, input_ids: jax.Array, attention_mask: jax.Ar
     if rb % b:
         raise ValueError(f"{rb} targets do not divide evenly among {b} inputs")
     hidden = prompted.target_hidden(input_ids, attention_mask, target_ids, target_mask, task_index, dropout_rng)
-    return prompted.model.output_head().log_probs(hidden, target_ids) * target_mask
+    with jax.named_scope("lm_head"):
+        return prompted.model.output_head().log_probs(hidden, target_ids) * target_mask
 
 
 def rank_classification(prompted, input_ids: jax.Array, attention_mask: jax.Array, label_ids: jax.Array,

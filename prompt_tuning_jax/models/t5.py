@@ -416,7 +416,8 @@ class Block(nnx.Module):
     def __call__(self, x, bias, encoder_hidden=None, cross_bias=None, keys=None, prefix=None):
         with jax.named_scope("attention"):  # scopes name the HLO ops for profiles (benchmarks/profile_step.py)
             x = self.layer[0](x, bias, common.fold(keys, 0), prefix)
-            if self.is_decoder:
+        if self.is_decoder:
+            with jax.named_scope("cross_attention"):
                 x = self.layer[1](x, encoder_hidden, cross_bias, common.fold(keys, 1))
         with jax.named_scope("mlp"):
             return self.layer[-1](x, common.fold(keys, 2))
@@ -425,6 +426,7 @@ class Block(nnx.Module):
         """Decoder block on new positions: -> (x, updated self-attention cache)."""
         with jax.named_scope("attention"):
             x, self_kv = self.layer[0].cached(x, bias, self_kv, index, prefix)
+        with jax.named_scope("cross_attention"):
             x = self.layer[1].cached(x, cross_kv, cross_bias)
         with jax.named_scope("mlp"):
             return self.layer[-1](x), self_kv
@@ -544,15 +546,17 @@ class T5(prefix_lib.PrefixSeam, nnx.Module):
         """Encoder on embeddings: [B, S, d] -> [B, S, d]. dropout_rng: None, a key, or row keys [B].
         prompt_site: a prompt at the input of every encoder block (`common.PromptSite`), or None."""
         keys = self._row_keys(dropout_rng, inputs_embeds.shape[0])
-        return self.encoder(inputs_embeds.astype(self.dtype), attention_mask, keys=keys, prompt_site=prompt_site)
+        with jax.named_scope("encoder"):  # names the HLO ops for profiles (benchmarks/profile_eval.py)
+            return self.encoder(inputs_embeds.astype(self.dtype), attention_mask, keys=keys, prompt_site=prompt_site)
 
     def decode(self, decoder_input_ids: jax.Array, encoder_hidden: jax.Array, encoder_mask: jax.Array | None = None,
                decoder_attention_mask: jax.Array | None = None, dropout_rng: jax.Array | None = None) -> jax.Array:
         """Decoder: ids [R*B, T] attending to encoder_hidden [B, S, d] (R >= 1 targets per input, example-major;
         encoder_mask [R*B, S]) -> hidden [R*B, T, d]."""
         keys = self._row_keys(dropout_rng, decoder_input_ids.shape[0])
-        return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_hidden, encoder_mask,
-                            keys=keys, prefix_kv=self._prefix_kv())
+        with jax.named_scope("decoder"):
+            return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_hidden, encoder_mask,
+                                keys=keys, prefix_kv=self._prefix_kv())
 
     def output_head(self) -> lm_head.LMHead:
         """The LM head [V, d] in the compute dtype, with v1.0's d_model**-0.5 rescale when configured."""
@@ -562,7 +566,8 @@ class T5(prefix_lib.PrefixSeam, nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[..., d] -> [..., V] float32."""
-        return self.output_head().logits(hidden)
+        with jax.named_scope("lm_head"):
+            return self.output_head().logits(hidden)
 
     def activations(self, inputs_embeds, attention_mask, *, decoder_input_ids=None, decoder_attention_mask=None,
                     dropout_rng=None, prompt_site=None):
@@ -654,7 +659,8 @@ class T5(prefix_lib.PrefixSeam, nnx.Module):
         (METHOD 'prefix:P') is attended to first: prefix_kv from `_prefix_kv()`, computed here if not given.
         """
         prefix_kv = self._prefix_kv() if prefix_kv is None else prefix_kv
-        return self.decoder.cached(self.embed(decoder_input_ids), cache, index, encoder_mask, prefix_kv)
+        with jax.named_scope("decoder"):
+            return self.decoder.cached(self.embed(decoder_input_ids), cache, index, encoder_mask, prefix_kv)
 
     # --- checkpoint names ----------------------------------------------------
     def checkpoint_key(self, path: tuple) -> str:
