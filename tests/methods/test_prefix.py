@@ -266,8 +266,9 @@ def test_a_run_resumes_exactly_writes_its_adapter_and_evaluates_from_it(tiny_gpt
 def test_a_model_parallel_mesh_equals_one_device(tiny_gpt2_dir, rng):
     ids, mask = padded_batch(rng, 20, [6, 4, 5, 3, 6, 2, 5, 4], 6)
     batch = _batch(ids, ids[:, :2], mask)
+    # the (4, 2) mesh sums attention and projections in another order: a few 1e-6 over the training steps
     assert_trees_close(*trained_on_both_meshes(tiny_gpt2_dir, PromptSpec(method="prefix:2", prefix_projection=8),
-                                               batch), atol=1e-6)
+                                               batch), atol=1e-5)
 
 
 def test_adapters_that_do_not_fit_are_refused(tmp_path):
