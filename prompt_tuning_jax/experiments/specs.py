@@ -115,13 +115,14 @@ class ModelSpec:
                                config_overrides=self.config_overrides)
 
     def build_abstract(self):
-        """A function that builds this model with random weights (no files read): run it inside
+        """A function that builds this model with placeholder weights (no files read): run it inside
         `nnx.eval_shape` for the model's shapes alone. Its config comes from `models.hf.pretrained_config`."""
         from prompt_tuning_jax.models.hf import init_random, pretrained_config
 
         config = pretrained_config(self.path, self.revision, config_overrides=self.config_overrides)
         return lambda: init_random(config, dtype=_dtype(self.dtype), param_dtype=_dtype(self.param_dtype),
-                                   remat=self.remat, dropout_rate=self.dropout_rate, attention=self.attention)
+                                   remat=self.remat, dropout_rate=self.dropout_rate, attention=self.attention,
+                                   seed=None)
 
     def load_tokenizer(self):
         from prompt_tuning_jax.models import t5x

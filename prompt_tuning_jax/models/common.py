@@ -35,11 +35,17 @@ from flax import nnx, struct
 MASK_VALUE = -1e9
 
 
-def param(rngs: nnx.Rngs, shape, axes, dtype, stddev: float | None = 0.02) -> nnx.Param:
-    """A parameter of `shape` with logical `axes`; normal(stddev) or ones when stddev is None."""
+def param(rngs: nnx.Rngs | None, shape, axes, dtype, stddev: float | None = 0.02) -> nnx.Param:
+    """A parameter of `shape` with logical `axes`; normal(stddev) or ones when stddev is None.
+
+    rngs None: zeros, a placeholder for weights about to be read (`hf.from_pretrained` builds its
+    abstract model so: drawing under `nnx.eval_shape` costs time quadratic in the model's size).
+    """
     if len(shape) != len(axes):
         raise ValueError(f"shape {shape} and axes {axes} differ in rank")
-    if stddev is None:
+    if rngs is None:
+        value = jnp.zeros(shape, dtype)
+    elif stddev is None:
         value = jnp.ones(shape, dtype)
     else:
         value = stddev * jax.random.normal(rngs.params(), shape, dtype)

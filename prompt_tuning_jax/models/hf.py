@@ -545,7 +545,7 @@ def from_pretrained(name_or_path, dtype=jnp.float32, param_dtype=jnp.float32, me
     config = with_attention(with_dropout_rate(config, dropout_rate), attention)
     _, model_cls = base.family(config.model_type)
     abstract = nnx.eval_shape(lambda: model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat,
-                                                rngs=nnx.Rngs(0)))
+                                                rngs=None))  # placeholders: no random draws to trace
     graphdef, state = nnx.split(abstract)
     prefix = getattr(model_cls, "CHECKPOINT_PREFIX", "")
     rules = rules or partitioning.DEFAULT_RULES
@@ -610,16 +610,19 @@ def _shard_reader(ckpt, key: str, dtype: np.dtype):
     return read
 
 
-def init_random(config, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0, remat: bool = False,
+def init_random(config, dtype=jnp.float32, param_dtype=jnp.float32, seed: int | None = 0, remat: bool = False,
                 dropout_rate: float | None = None, attention: str | None = None):
     """A randomly initialised model for `config` (a GPT2Config, a T5Config or a registered family's).
+
+    seed None: zeros instead of random draws, for `nnx.eval_shape` (shapes alone, traced in linear time).
 
     dropout_rate: replaces all of the config's dropout rates (None keeps them); attention: the
     attention implementation (None keeps the config's).
     """
     config = with_attention(with_dropout_rate(config, dropout_rate), attention)
     _, model_cls = base.family(config.model_type)
-    return model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(seed))
+    return model_cls(config, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                     rngs=None if seed is None else nnx.Rngs(seed))
 
 
 # --- writing a checkpoint --------------------------------------------------------
