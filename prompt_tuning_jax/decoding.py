@@ -118,12 +118,21 @@ def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0, t
     return logits
 
 
+def argmax(logits: jax.Array) -> jax.Array:
+    """`jnp.argmax(logits, -1)` [B, V] -> [B] int32 (the first largest value, or the first NaN) in two plain
+    reductions: XLA:CPU runs argmax's (value, index) reduction over a vocabulary 3x slower."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    hit = (logits == top) | jnp.isnan(logits)
+    v = logits.shape[-1]
+    return jnp.min(jnp.where(hit, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+
+
 def _sample_loop(logits, cache, step, rng, opts: _Options):
     b, n = logits.shape[0], opts.max_new_tokens
 
     def choose(logits, t):
         if opts.method == "greedy":
-            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            return argmax(logits)
         filtered = filter_logits(logits, opts.temperature, opts.top_k, opts.top_p)
         return jax.random.categorical(jax.random.fold_in(rng, t), filtered, axis=-1).astype(jnp.int32)
 

@@ -271,6 +271,18 @@ def test_filter_logits_matches_transformers_warpers(rng):
         np.testing.assert_allclose(ours[np.isfinite(ours)], x.numpy()[np.isfinite(ours)], rtol=1e-6)
 
 
+def test_argmax_is_jnp_argmax_with_ties_nans_and_infinities(rng):
+    logits = rng.normal(size=(6, 300)).astype(np.float32)
+    logits[1, [7, 40]] = 9.0  # a tie: the first index
+    logits[2, [30, 12]] = np.nan  # the first NaN wins, as in jnp.argmax
+    logits[3] = -np.inf
+    logits[4, 299] = np.inf
+    logits[5] = 0.0
+    ours = np.asarray(decoding.argmax(jnp.asarray(logits)))
+    np.testing.assert_array_equal(ours, np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1)))
+    assert ours.dtype == np.int32 and ours.tolist()[1:] == [7, 12, 0, 299, 0]
+
+
 # --- API -------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
