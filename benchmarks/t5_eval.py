@@ -21,7 +21,9 @@ Each side runs in a child process of its own (one thread pool at a time, clean p
 whole (start to exit, the imports, the model load and the compiles included; ours as a first run, with an
 empty compilation cache, or with --warm as a second run, its programs read from the cache an untimed run
 of the same command filled) and in its loop alone
-(ours: `TaskScorer.__call__`; transformers: the batches). Peak RSS is sampled every 5 ms (psutil).
+(ours: `TaskScorer.__call__`; transformers: the batches). CPU s is the child's user + system time (steadier
+than wall time when other work shares the machine; both sides use the 2 cores). Peak RSS is sampled every
+5 ms (psutil).
 The predictions of the two sides are compared example by example.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -141,6 +144,7 @@ def run_side(side: str, model: str, mode: str, limit: int | None, warm: bool = F
                "PTJ_COMPILATION_CACHE": os.path.join(tmp, "xla")}  # empty: a first run compiles everything
         if warm and side == "ours":  # an untimed run fills the cache
             subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         peak, watch = [0], psutil.Process(proc.pid)
@@ -157,12 +161,14 @@ def run_side(side: str, model: str, mode: str, limit: int | None, warm: bool = F
         sampler.start()
         _, err = proc.communicate()
         whole = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         sampler.join()
         if proc.returncode:
             raise RuntimeError(f"{side} {mode} failed (exit {proc.returncode}):\n{err[-3000:]}")
         with open(result) as f:
             out = json.load(f)
-    return {**out, "whole_s": whole, "peak_mib": peak[0] / 2**20}
+    return {**out, "whole_s": whole, "cpu_s": cpu, "peak_mib": peak[0] / 2**20}
 
 
 def make_checkpoint(size: str, cache: str) -> str:
@@ -201,8 +207,8 @@ def main(argv=None) -> None:
           f"{transformers.__version__}, {os.cpu_count()} CPUs; T5 {args.size} ({model}), SST-2 validation"
           f"{f' first {args.limit}' if args.limit else ''}, batch {BATCH}, P 100; ours "
           f"{'with a warm compilation cache (a second run)' if args.warm else 'as a first run (empty cache)'}")
-    print("| mode | side | examples | whole s | loop s | ex/s whole | ex/s loop | peak RSS MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| mode | side | examples | whole s | loop s | ex/s whole | ex/s loop | CPU s | peak RSS MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode in args.modes.split(","):
         best = {}
         for _ in range(args.rounds):
@@ -214,12 +220,12 @@ def main(argv=None) -> None:
         for side, name in (("ours", "prompt_tuning_jax"), ("theirs", "transformers")):
             r = best[side]
             print(f"| {mode} | {name} | {n} | {r['whole_s']:.1f} | {r['loop_s']:.1f} | {n / r['whole_s']:.1f} | "
-                  f"{n / r['loop_s']:.1f} | {r['peak_mib']:.0f} |")
+                  f"{n / r['loop_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_mib']:.0f} |")
         same = sum(a == b for a, b in zip(best["ours"]["predictions"], best["theirs"]["predictions"]))
         o, t = best["ours"], best["theirs"]
         print(f"| {mode} | ratio ours / transformers | | | | {t['whole_s'] / o['whole_s']:.2f}x | "
-              f"{t['loop_s'] / o['loop_s']:.2f}x | {o['peak_mib'] / t['peak_mib']:.2f}x |")
-        print(f"|   | same predictions | {same}/{n} | | | | | |")
+              f"{t['loop_s'] / o['loop_s']:.2f}x | {t['cpu_s'] / o['cpu_s']:.2f}x | {o['peak_mib'] / t['peak_mib']:.2f}x |")
+        print(f"|   | same predictions | {same}/{n} | | | | | | |")
 
 
 if __name__ == "__main__":
