@@ -95,6 +95,8 @@ def _generate(graphdef, state, input_ids, mask, task_index, rng, opts: _Options)
     else:
         logits, cache, step = prompted.start_decode(prompted.embed(input_ids), mask, opts.max_new_tokens)
     if opts.method == "beam":
+        if logits is None:  # an encoder-decoder's start token, fed before the search
+            logits, cache = step(cache, jnp.zeros(input_ids.shape[:1], jnp.int32), -1)
         return _beam_search(logits, cache, step, opts)
     return _sample_loop(logits, cache, step, rng, opts)
 
@@ -128,6 +130,13 @@ def argmax(logits: jax.Array) -> jax.Array:
 
 
 def _sample_loop(logits, cache, step, rng, opts: _Options):
+    """logits None (an encoder-decoder, `models.base.Model.start_decode`): the loop's first pass, t = -1,
+    feeds the start token and keeps nothing, so that the decoder step is compiled once, in the loop."""
+    t0 = 0
+    if logits is None:
+        t0, rows = -1, jax.tree.leaves(cache)[0].shape[0]
+        shape = jax.eval_shape(step, cache, jnp.zeros((rows,), jnp.int32), t0)[0]  # [B, V]: not computed
+        logits = jnp.zeros(shape.shape, shape.dtype)
     b, n = logits.shape[0], opts.max_new_tokens
 
     def choose(logits, t):
@@ -143,13 +152,18 @@ def _sample_loop(logits, cache, step, rng, opts: _Options):
     def body(state):
         t, logits, cache, tokens, done = state
         token = jnp.where(done, opts.pad_id, choose(logits, t))
-        tokens = tokens.at[:, t].set(token)
-        done = done | (token == opts.eos_id)
+        if t0 < 0:  # the start pass (t = -1) records nothing
+            keep = t >= 0
+            tokens = jnp.where(keep, tokens.at[:, jnp.maximum(t, 0)].set(token), tokens)
+            done = done | (keep & (token == opts.eos_id))
+        else:
+            tokens = tokens.at[:, t].set(token)
+            done = done | (token == opts.eos_id)
         logits, cache = step(cache, token, t)
         return t + 1, logits, cache, tokens, done
 
     tokens = jnp.full((b, n), opts.pad_id, jnp.int32)
-    state = (jnp.int32(0), logits, cache, tokens, jnp.zeros((b,), bool))
+    state = (jnp.int32(t0), logits, cache, tokens, jnp.zeros((b,), bool))
     return jax.lax.while_loop(cond, body, state)[3]
 
 

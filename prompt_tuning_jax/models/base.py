@@ -126,6 +126,8 @@ class PromptableModel(Protocol):
 
         Everything is jit-traceable with static shapes: decoding runs `step` inside a
         `lax.while_loop`, feeding generated token t (t = 0, 1, ...) to get the logits after it.
+        An encoder-decoder may return None for the logits: `step(cache, any tokens, -1)` then feeds its
+        start token, as the loop's first pass (one compiled decoder step instead of two).
         Never drops out.
         """
 
