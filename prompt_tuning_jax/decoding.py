@@ -15,8 +15,9 @@ int32, `pad_id` (default `eos_id`) after each row's EOS.
 - GPT-2 left-aligns the prompted sequence and takes positions from the mask,
   so generation continues right after each row's last real position, whatever
   the padding side or prompt placement.
-- T5 runs the encoder once, starts the decoder from `decoder_start_token_id`
-  and projects the cross-attention keys and values once.
+- T5 runs the encoder once and feeds `decoder_start_token_id` as the loop's
+  first pass (the decoder step is compiled once, as the loop's body); its
+  cross-attention reads the encoder output through the k and v weights.
 - greedy: argmax. sample: temperature, then top-k, then top-p (nucleus), as
   Hugging Face applies them; `seed` makes it deterministic.
 - beam: Hugging Face's beam search (transformers >= 4.50, `do_sample=False`):

@@ -170,7 +170,8 @@ class PromptedModel(nnx.Module):
         return embeds, mask
 
     def start_decode(self, input_ids, attention_mask, task_index, max_new_tokens: int):
-        """The model's `start_decode` on the prompted inputs [B, T] -> (next-token logits [B, V], cache, step)."""
+        """The model's `start_decode` on the prompted inputs [B, T] -> (next-token logits [B, V], or None for an
+        encoder-decoder (`models.base`), cache, step)."""
         embeds, mask, _, site = self._combine(input_ids, attention_mask, task_index)
         return self.model.start_decode(embeds, mask, max_new_tokens, **site)
 
