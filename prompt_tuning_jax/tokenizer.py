@@ -1,4 +1,4 @@
-"""Tokenizers: transformers' AutoTokenizer, with GPT-2's missing pad token handled."""
+"""Tokenizers: transformers' classes as AutoTokenizer picks them, with GPT-2's missing pad token handled."""
 from __future__ import annotations
 
 import importlib
@@ -10,8 +10,7 @@ from prompt_tuning_jax import files
 # Tokenizer classes read directly when a local folder's tokenizer_config.json names one and its config.json
 # (if any) is of that family: the class AutoTokenizer picks then, without importing AutoTokenizer's module,
 # which imports torch where it is installed (1.3 s of every run). Other folders go through AutoTokenizer.
-# {class: (config.json model_type, its module)}; the module is imported by name, which skips the 0.5 s
-# scan of every model's files that `transformers.<class>` makes.
+# {class: (config.json model_type, the module that defines it)}.
 _DIRECT = {"T5Tokenizer": ("t5", "transformers.models.t5.tokenization_t5"),
            "GPT2Tokenizer": ("gpt2", "transformers.models.gpt2.tokenization_gpt2")}
 
@@ -35,7 +34,8 @@ def _direct_class(folder: str):
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "right", revision: str | None = None):
-    """`AutoTokenizer.from_pretrained` (local folder or hub id); GPT-2 gets its EOS as pad token.
+    """`AutoTokenizer.from_pretrained` (local folder or hub id; a T5 or GPT-2 folder directly with the class
+    it declares, the same one); GPT-2 gets its EOS as pad token.
 
     The pad id is only a filler: lengths always come from the attention mask.
     """
