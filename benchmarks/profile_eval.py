@@ -101,19 +101,10 @@ def main(argv=None) -> None:
     events = profile_step.thunk_events(trace_dir, module)
     if not events:
         raise SystemExit(f"no thunk events of the eval's program in {trace_dir} (is this XLA:CPU?)")
-    per_part, per_op = collections.defaultdict(float), collections.defaultdict(float)
-    for s, e, op in events:
-        per_part[part_of(names.get(op, ""))] += e - s
-        per_op[op] += e - s
-    summed, busy, wall, n = sum(per_part.values()), profile_step.busy_ns(events), float(np.sum(walls)) * 1e9, len(walls)
+    wall, n = float(np.sum(walls)) * 1e9, len(walls)
     print(f"released-prompt eval, {args.mode}: T5 {args.size}, batch {shape[0]} x {shape[1]} input tokens + P 100; "
           f"{n} traced batches, {wall / n / 1e6:.0f} ms/batch wall")
-    print(f"{'part':<26}{'ms/batch':>10}{'% of batch':>12}")
-    for part in PARTS + ("other",):
-        ms = per_part[part] / summed * busy / n / 1e6
-        print(f"{part:<26}{ms:>10.1f}{100 * ms * 1e6 * n / wall:>11.1f}%")
-    host = max(wall - busy, 0.0)
-    print(f"{'host':<26}{host / n / 1e6:>10.1f}{100 * host / wall:>11.1f}%")
+    per_op = profile_step.part_table(events, names, part_of, PARTS, n, wall, "batch", 26)
     for op, ns in sorted(per_op.items(), key=lambda kv: -kv[1])[:args.top]:
         print(f"  {ns / n / 1e6:8.1f}  {part_of(names.get(op, '')):<24} {op:<28} {names.get(op, '')[-100:]}")
 

@@ -109,26 +109,31 @@ def profile(args) -> None:
     report(args, walls, events, names, trace_dir)
 
 
-def report(args, walls, events, names, trace_dir) -> None:
-    if not events:
-        raise SystemExit(f"no thunk events of the step's program in {trace_dir} (is this XLA:CPU?)")
+def part_table(events, names, part_of, parts, n: int, wall: float, unit: str, width: int, host_note: str = ""):
+    """Prints each part's ms per `unit` (its share of the summed thunk time, scaled to the busy time) and
+    % of the wall time, then the host's (wall minus busy); -> the summed ns of each HLO instruction."""
     per_part, per_op = defaultdict(float), defaultdict(float)
     for s, e, op in events:
         per_part[part_of(names.get(op, ""))] += e - s
         per_op[op] += e - s
-    summed = sum(per_part.values())
-    wall = float(np.sum(walls)) * 1e9
-    busy = busy_ns(events)
-    n = args.steps
+    summed, busy = sum(per_part.values()), busy_ns(events)
+    print(f"{'part':<{width}}{'ms/' + unit:>10}{'% of ' + unit:>12}")
+    for part in parts + ("other",):
+        ms = per_part[part] / summed * busy / n / 1e6
+        print(f"{part:<{width}}{ms:>10.1f}{100 * ms * 1e6 * n / wall:>11.1f}%")
+    host = max(wall - busy, 0.0)
+    print(f"{'host':<{width}}{host / n / 1e6:>10.1f}{100 * host / wall:>11.1f}%{host_note}")
+    return per_op
+
+
+def report(args, walls, events, names, trace_dir) -> None:
+    if not events:
+        raise SystemExit(f"no thunk events of the step's program in {trace_dir} (is this XLA:CPU?)")
+    wall, n = float(np.sum(walls)) * 1e9, args.steps
     print(f"one prompt-tuning train step: {args.model} ({args.n_layer or 'all'} layers), batch {args.batch} x "
           f"{args.length}, prefix prompt {args.prompt_length}, {args.dtype}; {n} traced steps, "
           f"{wall / n / 1e6:.0f} ms/step wall; {len(events) // n} thunks/step")
-    print(f"{'part':<12}{'ms/step':>10}{'% of step':>11}")
-    for part in PARTS + ("other",):
-        ms = per_part[part] / summed * busy / n / 1e6
-        print(f"{part:<12}{ms:>10.1f}{100 * ms * 1e6 * n / wall:>10.1f}%")
-    host = max(wall - busy, 0.0)
-    print(f"{'host':<12}{host / n / 1e6:>10.1f}{100 * host / wall:>10.1f}%   (dispatch, put_batch, gaps)")
+    per_op = part_table(events, names, part_of, PARTS, n, wall, "step", 12, "   (dispatch, put_batch, gaps)")
     if args.top:
         print(f"the {args.top} most expensive instructions (ms/step, part, HLO name, JAX name stack):")
         for op, ns in sorted(per_op.items(), key=lambda kv: -kv[1])[:args.top]:
