@@ -1,9 +1,15 @@
-"""Tokenizers: transformers' classes as AutoTokenizer picks them, with GPT-2's missing pad token handled."""
+"""Tokenizers: transformers' classes as AutoTokenizer picks them, with GPT-2's missing pad token handled.
+
+A local T5 or GPT-2 folder (or a plain `tokenizers`-backed one) that transformers 5 saved is read straight from
+its tokenizer.json with the `tokenizers` library (`FastTokenizer`): the same ids and texts as the transformers
+class, without importing transformers, which costs about 1.3 s and 100 MB on every run. Other folders and hub ids
+go through transformers (the class the folder declares, else AutoTokenizer)."""
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import shutil
 
 from prompt_tuning_jax import files
 
@@ -13,29 +19,152 @@ from prompt_tuning_jax import files
 # {class: (config.json model_type, the module that defines it)}.
 _DIRECT = {"T5Tokenizer": ("t5", "transformers.models.t5.tokenization_t5"),
            "GPT2Tokenizer": ("gpt2", "transformers.models.gpt2.tokenization_gpt2")}
+# The classes `FastTokenizer` stands in for, with the special tokens each defaults to when the config is silent.
+_FAST = {"T5Tokenizer": {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"},
+         "GPT2Tokenizer": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+         "TokenizersBackend": {}, "PreTrainedTokenizer": {}}
+_SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
+# Settings under which transformers changes what the saved backend does (its post-processor, its decoding).
+_CHANGES_BACKEND = ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces", "split_special_tokens",
+                    "auto_map")
+_MAX_VOCAB = 100_000  # above it transformers may patch a Mistral pre-tokenizer's regex on load
+
+
+def _read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _declared(folder: str) -> tuple[str, dict] | None:
+    """(class name without "Fast", tokenizer_config.json) when the folder's config.json (if any) agrees with the
+    class's family; else None."""
+    try:
+        declared = _read_json(os.path.join(folder, "tokenizer_config.json"))
+        name = str(declared.get("tokenizer_class") or "").removesuffix("Fast")
+        config = os.path.join(folder, "config.json")
+        if name in _DIRECT and os.path.exists(config) and _read_json(config).get("model_type") != _DIRECT[name][0]:
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name, declared
 
 
 def _direct_class(folder: str):
     """The transformers class for `folder` by `_DIRECT`, or None (AutoTokenizer decides)."""
-    try:
-        with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as f:
-            declared = json.load(f)
-        name = str(declared.get("tokenizer_class") or "").removesuffix("Fast")
-        if name not in _DIRECT or "auto_map" in declared:
-            return None
-        config = os.path.join(folder, "config.json")
-        if os.path.exists(config):
-            with open(config, encoding="utf-8") as f:
-                if json.load(f).get("model_type") != _DIRECT[name][0]:
-                    return None
-    except (OSError, ValueError, AttributeError):
+    found = _declared(folder)
+    if found is None or found[0] not in _DIRECT or "auto_map" in found[1]:
         return None
-    return getattr(importlib.import_module(_DIRECT[name][1]), name, None)
+    return getattr(importlib.import_module(_DIRECT[found[0]][1]), found[0], None)
+
+
+class FastTokenizer:
+    """A tokenizer folder's tokenizer.json, used as transformers uses it: `tok(texts)["input_ids"]`, `encode`,
+    `decode`, `batch_decode`, `convert_ids_to_tokens`, `len(tok)`, the special tokens and their ids.
+
+    `from_folder` returns None where transformers would do more than run the saved backend (see `_FAST` and
+    `_CHANGES_BACKEND`), so such folders keep transformers' class."""
+
+    def __init__(self, backend, special_tokens: dict, name_or_path: str, tokenizer_class: str, config: dict):
+        self.backend_tokenizer = backend
+        self.name_or_path = name_or_path
+        self.tokenizer_class = tokenizer_class
+        self.padding_side = config.get("padding_side", "right")
+        self.init_config = config
+        for key in _SPECIALS:
+            setattr(self, key, special_tokens.get(key))
+
+    @classmethod
+    def from_folder(cls, folder: str) -> "FastTokenizer | None":
+        found = _declared(folder)
+        path = os.path.join(folder, "tokenizer.json")
+        if found is None or not os.path.isfile(path):
+            return None
+        name, config = found
+        if (name not in _FAST or config.get("backend") != "tokenizers"
+                or any(config.get(key) for key in _CHANGES_BACKEND)):
+            return None
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(path)
+        special = dict(_FAST[name])
+        for key in _SPECIALS:
+            if key in config:
+                value = config[key]
+                special[key] = value.get("content") if isinstance(value, dict) else value
+        extra = [t.get("content") if isinstance(t, dict) else t for t in config.get("extra_special_tokens") or []]
+        named = [t for t in special.values() if t is not None] + extra
+        if (backend.post_processor is None or backend.get_vocab_size() > _MAX_VOCAB
+                or any(backend.token_to_id(str(t)) is None for t in named)):
+            return None  # transformers would add tokens or rebuild the post-processor
+        backend.no_truncation()
+        backend.no_padding()
+        return cls(backend, special, folder, name, config)
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.backend_tokenizer.token_to_id(token)
+
+    bos_token_id = property(lambda self: self._id(self.bos_token))
+    eos_token_id = property(lambda self: self._id(self.eos_token))
+    unk_token_id = property(lambda self: self._id(self.unk_token))
+    pad_token_id = property(lambda self: self._id(self.pad_token))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True) -> dict:
+        """{"input_ids", "attention_mask"}: lists for one text, lists of lists for a list of texts."""
+        many = not isinstance(text, str)
+        encodings = self.backend_tokenizer.encode_batch(list(text) if many else [text],
+                                                        add_special_tokens=add_special_tokens)
+        ids = [e.ids for e in encodings]
+        masks = [e.attention_mask for e in encodings]
+        return {"input_ids": ids if many else ids[0], "attention_mask": masks if many else masks[0]}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        ids = [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
+        return self.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(ids, skip_special_tokens) for ids in sequences]
+
+    def convert_ids_to_tokens(self, ids):
+        if isinstance(ids, int):
+            return self.backend_tokenizer.id_to_token(ids)
+        return [self.backend_tokenizer.id_to_token(int(i)) for i in ids]
+
+    def convert_tokens_to_ids(self, tokens):
+        if isinstance(tokens, str):
+            return self._id(tokens)
+        return [self._id(t) for t in tokens]
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend_tokenizer.get_vocab(with_added_tokens=True)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """The folder's tokenizer.json and tokenizer_config.json (with the special tokens now set), which
+        transformers and `load_tokenizer` read back."""
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(os.path.join(self.name_or_path, "tokenizer.json"), os.path.join(folder, "tokenizer.json"))
+        config = dict(self.init_config, **{key: getattr(self, key) for key in _SPECIALS})
+        config.update(tokenizer_class=self.tokenizer_class, padding_side=self.padding_side, backend="tokenizers")
+        with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, ensure_ascii=False)
+
+    def __repr__(self) -> str:
+        return f"FastTokenizer({self.tokenizer_class} from {self.name_or_path!r}, {len(self)} tokens)"
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "right", revision: str | None = None):
-    """`AutoTokenizer.from_pretrained` (local folder or hub id; a T5 or GPT-2 folder directly with the class
-    it declares, the same one); GPT-2 gets its EOS as pad token.
+    """`AutoTokenizer.from_pretrained` (local folder or hub id), except that a local folder `FastTokenizer` can
+    read gives a `FastTokenizer`, and a T5 or GPT-2 folder it cannot read gives the class it declares (the one
+    AutoTokenizer picks). GPT-2 gets its EOS as pad token.
 
     The pad id is only a filler: lengths always come from the attention mask.
     """
@@ -49,7 +178,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "right",
         raise FileNotFoundError(f"tokenizer folder {name} does not exist")
     try:
         if os.path.isdir(path):
-            tok = (_direct_class(path) or _auto()).from_pretrained(path)
+            tok = FastTokenizer.from_folder(path) or (_direct_class(path) or _auto()).from_pretrained(path)
         else:
             tok = _auto().from_pretrained(name, revision=revision)  # a hub id, or its cache offline
     except OSError as e:
