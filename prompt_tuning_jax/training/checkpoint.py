@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from prompt_tuning_jax import files
 from prompt_tuning_jax.partitioning import host_value
@@ -36,6 +35,7 @@ class Checkpointer:
     """Saves to and restores from `<directory>/checkpoints/<step>/`, keeping the newest `keep` (None: all)."""
 
     def __init__(self, directory: str | os.PathLike, keep: int | None = 3):
+        import orbax.checkpoint as ocp  # imported here: an eval without checkpoints never needs orbax (0.2 s)
         self.directory = files.absolute(directory)  # a local folder or gs://bucket/run
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(os.path.join(self.directory, "checkpoints"), options=options,
@@ -46,6 +46,7 @@ class Checkpointer:
 
     def save(self, step: int, trainable, opt_state, meta: dict[str, Any]) -> None:
         """Saves (all processes must call this) and exports the prompt from process 0."""
+        import orbax.checkpoint as ocp
         try:
             self.manager.save(step, args=ocp.args.Composite(
                 trainable=ocp.args.StandardSave(trainable), opt_state=ocp.args.StandardSave(opt_state),
@@ -72,6 +73,7 @@ class Checkpointer:
 
     def restore(self, trainable_like, opt_state_like, step: int | None = None):
         """-> (trainable, opt_state, meta) from `step` (default: latest), placed like the given templates."""
+        import orbax.checkpoint as ocp
         step = self.latest_step() if step is None else step
         self.check_prompt_shape(step, trainable_like)
         abstract = lambda tree: jax.tree.map(
@@ -148,6 +150,7 @@ class Checkpointer:
 
     def restore_trainable(self, trainable_like, step: int | None = None):
         """Only the trainable state (prompt and head) of `step` (default: latest), e.g. for evaluation."""
+        import orbax.checkpoint as ocp
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}/checkpoints")
