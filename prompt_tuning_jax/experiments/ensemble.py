@@ -43,7 +43,7 @@ def ensemble_scores(model, prompt, task, data, prompt_files, mesh, *, scoring, d
     if task.kind != "classification":
         raise ValueError(f"prompt ensembling takes a majority vote over classes; task {task.name} is {task.kind}")
     k = len(prompt_files)
-    loaded = loading.load_prompted(model, dataclasses.replace(prompt, num_tasks=k, init="random_uniform"), [task],
+    loaded = loading.load_prompted(model, dataclasses.replace(prompt, num_tasks=k, init="zeros"), [task],
                                    mesh)
     current = loaded.state.trainable["soft_prompt"]  # [K, P, H]
     stacked = np.stack([load_prompt(f, expected_shape=current.shape[1:]) for f in prompt_files])

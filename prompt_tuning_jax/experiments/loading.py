@@ -56,7 +56,7 @@ def load_prompted(model: ModelSpec, prompt: PromptSpec, tasks: Sequence, mesh,
     if checkpoint_path:
         check_checkpoint_path(checkpoint_path)  # before the (slow) model load
     if checkpoint_path or adapter:
-        prompt = dataclasses.replace(prompt, init="random_uniform")  # overwritten by the restore or the adapter
+        prompt = dataclasses.replace(prompt, init="zeros")  # overwritten by the restore or the adapter
     base = model.load(mesh=mesh)
     tokenizer = model.load_tokenizer()
     prompted = prompt.build(base, tokenizer)

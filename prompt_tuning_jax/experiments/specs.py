@@ -21,7 +21,7 @@ import numpy as np
 
 from prompt_tuning_jax import files
 
-INIT_KINDS = ("random_uniform", "sampled_vocab", "class_labels", "string", "file", "sampled_vocab_numpy",
+INIT_KINDS = ("random_uniform", "zeros", "sampled_vocab", "class_labels", "string", "file", "sampled_vocab_numpy",
               "class_labels_numpy")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -146,8 +146,8 @@ class ModelSpec:
 class PromptSpec:
     """The prompt: length P, initializer, placement and head.
 
-    init: random_uniform (in [0, scale)) | sampled_vocab (first `population_size`
-    rows) | class_labels (`class_labels`, then sampled vocab) | string (`text`,
+    init: random_uniform (in [0, scale)) | zeros (for a prompt restored right after) | sampled_vocab
+    (first `population_size` rows) | class_labels (`class_labels`, then sampled vocab) | string (`text`,
     then sampled vocab) | file (`file`, a [P, H] .npy) | sampled_vocab_numpy and
     class_labels_numpy (the same, from the [V, H] table in `embedding_file`, e.g.
     one written by `python -m prompt_tuning_jax.extract_variable`).
@@ -257,6 +257,8 @@ class PromptSpec:
         sampled = inits.from_sample_of_embeddings(table, population_size=min(self.population_size, table.shape[0]))
         if self.init == "random_uniform":
             return inits.random_uniform(self.scale)
+        if self.init == "zeros":
+            return inits.zeros()
         if self.init in ("sampled_vocab", "sampled_vocab_numpy"):
             return sampled
         if self.init in ("class_labels", "class_labels_numpy"):

@@ -48,6 +48,16 @@ def _check_shape(shape: Sequence[int], hidden: int | None = None, what: str = ""
     return shape
 
 
+def zeros(dtype=jnp.float32) -> Initializer:
+    """All zeros: the start of a prompt that a checkpoint, a `.npy` or an adapter replaces right after, so
+    that no random draw is compiled and run for nothing. -> [P, H]"""
+
+    def init(rng, shape):
+        return jnp.zeros(_check_shape(shape), dtype)
+
+    return init
+
+
 # --- random -----------------------------------------------------------------------
 
 def random_uniform(scale: float = 0.5, centered: bool = False, dtype=jnp.float32) -> Initializer:

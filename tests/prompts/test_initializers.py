@@ -222,3 +222,10 @@ def test_from_npy_released_float64_prompt_keeps_dtype():
     got = inits.from_npy(path)(KEY, (5, 256))
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, np.load(path))
+
+
+def test_zeros_draws_nothing():
+    x = np.asarray(inits.zeros()(KEY, (7, 16)))
+    assert x.shape == (7, 16) and x.dtype == np.float32 and not x.any()
+    with pytest.raises(ValueError):
+        inits.zeros()(KEY, (7,))
