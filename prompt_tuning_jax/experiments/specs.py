@@ -253,12 +253,17 @@ class PromptSpec:
     def initializer(self, model, tokenizer):
         from prompt_tuning_jax.prompts import initializers as inits
 
-        table = self._embedding_table(model)
-        sampled = inits.from_sample_of_embeddings(table, population_size=min(self.population_size, table.shape[0]))
         if self.init == "random_uniform":
             return inits.random_uniform(self.scale)
         if self.init == "zeros":
             return inits.zeros()
+        if self.init == "file":
+            if not self.file:
+                raise ValueError("init='file' needs PROMPT_FILE (a [P, H] .npy, or a T5X checkpoint directory)")
+            return inits.from_npy(self.file, variable=self.file_variable)
+        # the table's first rows are sliced only for the inits that draw from them
+        table = self._embedding_table(model)
+        sampled = inits.from_sample_of_embeddings(table, population_size=min(self.population_size, table.shape[0]))
         if self.init in ("sampled_vocab", "sampled_vocab_numpy"):
             return sampled
         if self.init in ("class_labels", "class_labels_numpy"):
@@ -270,10 +275,6 @@ class PromptSpec:
             if not self.text:
                 raise ValueError("init='string' needs the text to embed (PromptSpec.text)")
             return inits.from_string(table, tokenizer, self.text, sampled)
-        if self.init == "file":
-            if not self.file:
-                raise ValueError("init='file' needs PROMPT_FILE (a [P, H] .npy, or a T5X checkpoint directory)")
-            return inits.from_npy(self.file, variable=self.file_variable)
         raise ValueError(f"unknown prompt init {self.init!r}; use one of {INIT_KINDS}")
 
     def _embedding_table(self, model):
