@@ -19,7 +19,8 @@ from prompt_tuning_jax import files
 # {class: (config.json model_type, the module that defines it)}.
 _DIRECT = {"T5Tokenizer": ("t5", "transformers.models.t5.tokenization_t5"),
            "GPT2Tokenizer": ("gpt2", "transformers.models.gpt2.tokenization_gpt2")}
-# The classes `FastTokenizer` stands in for, with the special tokens each defaults to when the config is silent.
+# The classes `FastTokenizer` stands in for ("PreTrainedTokenizer" is PreTrainedTokenizerFast without its suffix),
+# with the special tokens each defaults to when the config is silent.
 _FAST = {"T5Tokenizer": {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"},
          "GPT2Tokenizer": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
          "TokenizersBackend": {}, "PreTrainedTokenizer": {}}
@@ -128,15 +129,15 @@ class FastTokenizer:
         return self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        ids = [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
+        ids = [int(i) for i in ids] if hasattr(ids, "__iter__") else [int(ids)]  # a list, an array or one id
         return self.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, sequences, skip_special_tokens: bool = False) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in sequences]
 
     def convert_ids_to_tokens(self, ids):
-        if isinstance(ids, int):
-            return self.backend_tokenizer.id_to_token(ids)
+        if not hasattr(ids, "__iter__"):
+            return self.backend_tokenizer.id_to_token(int(ids))
         return [self.backend_tokenizer.id_to_token(int(i)) for i in ids]
 
     def convert_tokens_to_ids(self, tokens):

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from helpers import REPO, shared_path
 from transformers import AutoTokenizer
@@ -43,6 +44,8 @@ def _same(ours, theirs, texts):
     some = list(range(0, len(ours), 97))
     assert ours.convert_ids_to_tokens(some) == theirs.convert_ids_to_tokens(some)
     assert ours.convert_ids_to_tokens(5) == theirs.convert_ids_to_tokens(5)
+    row = np.asarray(ids[0])  # numpy ids, as the eval's outputs are
+    assert ours.decode(row) == theirs.decode(row.tolist()) and ours.decode(row[0]) == theirs.decode(int(row[0]))
 
 
 @pytest.mark.parametrize("name", ["t5_tokenizer", "gpt2_tokenizer"])
