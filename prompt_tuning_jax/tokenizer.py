@@ -1,29 +1,24 @@
-"""Tokenizers: transformers' classes as AutoTokenizer picks them, with GPT-2's missing pad token handled.
+"""Tokenizers: what AutoTokenizer loads, with GPT-2's missing pad token handled.
 
-A local T5 or GPT-2 folder (or a plain `tokenizers`-backed one) that transformers 5 saved is read straight from
-its tokenizer.json with the `tokenizers` library (`FastTokenizer`): the same ids and texts as the transformers
-class, without importing transformers, which costs about 1.3 s and 100 MB on every run. Other folders and hub ids
-go through transformers (the class the folder declares, else AutoTokenizer)."""
+A local folder that transformers 5 saved with a tokenizers backend is read straight from its tokenizer.json with
+the `tokenizers` library (`FastTokenizer`): the same ids and texts as transformers' class, without importing
+transformers, which costs about 1.3 s and 100 MB on every run. Other folders and hub ids go through
+AutoTokenizer."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
 
 from prompt_tuning_jax import files
 
-# Tokenizer classes read directly when a local folder's tokenizer_config.json names one and its config.json
-# (if any) is of that family: the class AutoTokenizer picks then, without importing AutoTokenizer's module,
-# which imports torch where it is installed (1.3 s of every run). Other folders go through AutoTokenizer.
-# {class: (config.json model_type, the module that defines it)}.
-_DIRECT = {"T5Tokenizer": ("t5", "transformers.models.t5.tokenization_t5"),
-           "GPT2Tokenizer": ("gpt2", "transformers.models.gpt2.tokenization_gpt2")}
-# The classes `FastTokenizer` stands in for ("PreTrainedTokenizer" is PreTrainedTokenizerFast without its suffix),
-# with the special tokens each defaults to when the config is silent.
-_FAST = {"T5Tokenizer": {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"},
-         "GPT2Tokenizer": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
-         "TokenizersBackend": {}, "PreTrainedTokenizer": {}}
+# transformers' tokenizer classes whose loading rebuilds exactly the backend they saved to tokenizer.json
+# ("PreTrainedTokenizer" is PreTrainedTokenizerFast without its suffix). The first ones default the
+# `_SAVED_SPECIALS` when the config is silent (the plain classes do not), so a folder of theirs is read here
+# only when it names them (transformers 5 writes them, null or not).
+_DEFAULTING = ("T5Tokenizer", "GPT2Tokenizer")
+_FAST = _DEFAULTING + ("TokenizersBackend", "PreTrainedTokenizer")
+_SAVED_SPECIALS = ("eos_token", "unk_token", "pad_token")
 _SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
 # Settings under which transformers changes what the saved backend does (its post-processor, its decoding).
 _CHANGES_BACKEND = ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces", "split_special_tokens",
@@ -37,25 +32,12 @@ def _read_json(path: str):
 
 
 def _declared(folder: str) -> tuple[str, dict] | None:
-    """(class name without "Fast", tokenizer_config.json) when the folder's config.json (if any) agrees with the
-    class's family; else None."""
+    """(the tokenizer class without "Fast", tokenizer_config.json), or None without a readable config."""
     try:
         declared = _read_json(os.path.join(folder, "tokenizer_config.json"))
-        name = str(declared.get("tokenizer_class") or "").removesuffix("Fast")
-        config = os.path.join(folder, "config.json")
-        if name in _DIRECT and os.path.exists(config) and _read_json(config).get("model_type") != _DIRECT[name][0]:
-            return None
+        return str(declared.get("tokenizer_class") or "").removesuffix("Fast"), declared
     except (OSError, ValueError, AttributeError):
         return None
-    return name, declared
-
-
-def _direct_class(folder: str):
-    """The transformers class for `folder` by `_DIRECT`, or None (AutoTokenizer decides)."""
-    found = _declared(folder)
-    if found is None or found[0] not in _DIRECT or "auto_map" in found[1]:
-        return None
-    return getattr(importlib.import_module(_DIRECT[found[0]][1]), found[0], None)
 
 
 class FastTokenizer:
@@ -82,16 +64,15 @@ class FastTokenizer:
             return None
         name, config = found
         if (name not in _FAST or config.get("backend") != "tokenizers"
-                or any(config.get(key) for key in _CHANGES_BACKEND)):
+                or any(config.get(key) for key in _CHANGES_BACKEND) or (name in _DEFAULTING and any(k not in config for k in _SAVED_SPECIALS))):
             return None
         from tokenizers import Tokenizer
 
         backend = Tokenizer.from_file(path)
-        special = dict(_FAST[name])
+        special = {}
         for key in _SPECIALS:
-            if key in config:
-                value = config[key]
-                special[key] = value.get("content") if isinstance(value, dict) else value
+            value = config.get(key)
+            special[key] = value.get("content") if isinstance(value, dict) else value
         extra = [t.get("content") if isinstance(t, dict) else t for t in config.get("extra_special_tokens") or []]
         named = [t for t in special.values() if t is not None] + extra
         if (backend.post_processor is None or backend.get_vocab_size() > _MAX_VOCAB
@@ -164,8 +145,7 @@ class FastTokenizer:
 
 def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "right", revision: str | None = None):
     """`AutoTokenizer.from_pretrained` (local folder or hub id), except that a local folder `FastTokenizer` can
-    read gives a `FastTokenizer`, and a T5 or GPT-2 folder it cannot read gives the class it declares (the one
-    AutoTokenizer picks). GPT-2 gets its EOS as pad token.
+    read gives a `FastTokenizer`. GPT-2 gets its EOS as pad token.
 
     The pad id is only a filler: lengths always come from the attention mask.
     """
@@ -179,7 +159,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "right",
         raise FileNotFoundError(f"tokenizer folder {name} does not exist")
     try:
         if os.path.isdir(path):
-            tok = FastTokenizer.from_folder(path) or (_direct_class(path) or _auto()).from_pretrained(path)
+            tok = FastTokenizer.from_folder(path) or _auto().from_pretrained(path)
         else:
             tok = _auto().from_pretrained(name, revision=revision)  # a hub id, or its cache offline
     except OSError as e:

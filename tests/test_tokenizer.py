@@ -1,4 +1,4 @@
-"""load_tokenizer: transformers' ids and texts; T5, GPT-2 and plain folders read without importing transformers."""
+"""load_tokenizer: AutoTokenizer's ids and texts; folders transformers 5 saved are read without importing it."""
 import json
 import shutil
 import subprocess
@@ -93,12 +93,25 @@ def test_a_folder_whose_settings_change_the_backend_keeps_the_transformers_class
     assert ours(TEXTS)["input_ids"] == AutoTokenizer.from_pretrained(folder)(TEXTS)["input_ids"]
 
 
-def test_a_folder_of_another_family_goes_through_autotokenizer(tmp_path):
+def test_a_folder_beside_another_family_s_config_reads_as_autotokenizer_reads_it(tmp_path):
     folder = tmp_path / "tok"
     shutil.copytree(shared_path("t5_tokenizer"), folder)
-    (folder / "config.json").write_text(json.dumps({"model_type": "umt5"}))  # not the T5 family: AutoTokenizer's call
+    (folder / "config.json").write_text(json.dumps({"model_type": "umt5"}))  # AutoTokenizer: its plain backend class
+    ours, theirs = load_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    assert isinstance(ours, FastTokenizer)
+    assert ours(TEXTS)["input_ids"] == theirs(TEXTS)["input_ids"]
+    assert ours.batch_decode(ours(TEXTS)["input_ids"]) == theirs.batch_decode(theirs(TEXTS)["input_ids"])
+
+
+def test_a_folder_without_its_special_tokens_saved_goes_through_autotokenizer(tmp_path):
+    folder = tmp_path / "tok"
+    shutil.copytree(shared_path("t5_tokenizer"), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    del config["pad_token"]  # transformers' T5Tokenizer would default it; only transformers knows each default
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     ours, theirs = load_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
     assert type(ours) is type(theirs)
+    assert ours.pad_token_id == theirs.pad_token_id
     assert ours(TEXTS)["input_ids"] == theirs(TEXTS)["input_ids"]
 
 
