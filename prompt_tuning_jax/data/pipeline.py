@@ -18,8 +18,9 @@ T / Tt = bucketed input / target lengths):
     example_index  [B]     int32   row of the Tokenized it came from (-1 on padding rows)
 
 Shapes are static: B never changes and T, Tt take values from a few bucket
-lengths (powers of two from 16 below the maximum, and the maximum), so a jitted
-step compiles a handful of times at most. All hosts pick the same bucket (from
+lengths (multiples of 16 below the maximum, and the maximum; evaluation, which
+knows its batches ahead, fits them to the batches instead), so a jitted step
+compiles a handful of times at most. All hosts pick the same bucket (from
 the global batch), so the host slices concatenated are exactly the global batch.
 Padding rows copy the first row of their global batch (never an all-masked row,
 which some models turn into NaN), and carry weight 0.
@@ -190,6 +191,38 @@ def target_bucket_lengths(max_length: int, step: int = 16, max_buckets: int = 16
     return small + bucket_lengths(max_length, step, max_buckets)
 
 
+def fit_buckets(batch_lengths: Sequence[int], max_count: int, max_length: int,
+                multiple: int = 8) -> tuple[int, ...]:
+    """Input lengths for batches known ahead (evaluation), fitted to them: at most `max_count` lengths.
+
+    batch_lengths: each batch's longest input [nb]. The lengths are multiples of `multiple` (or
+    max_length) and minimise the positions padded over all batches, with each length after the first
+    charged one more batch at the longest length, since it costs one more compiled program:
+    SST-2's 28 batches of 32 -> (32, 48, 80) rather than the fixed (32, 64, 96), 3% fewer positions
+    with the prompt. Ends with max_length, so that any longer input still fits.
+    """
+    needed = np.minimum(-(-np.asarray(batch_lengths, np.int64) // multiple) * multiple, max_length)
+    values = np.unique(needed)                                       # [V] ascending
+    covered = np.searchsorted(np.sort(needed), values, side="right")  # batches at most each value
+    count = max(1, min(max_count, len(values)))
+    best = [covered * values]                      # best[k][j]: k + 1 lengths, the last values[j]
+    choice = []
+    for _ in range(1, count):
+        # one more length: values[j] takes the batches above values[i], i < j
+        cost = best[-1][None, :] + (covered[:, None] - covered[None, :]) * values[:, None]   # [j, i]
+        cost = np.where(np.tri(len(values), k=-1, dtype=bool), cost, np.inf)
+        choice.append(cost.argmin(1))
+        best.append(np.where(np.arange(len(values)) > 0, cost.min(1), np.inf))
+    totals = [b[-1] + k * values[-1] for k, b in enumerate(best)]
+    k, j, out = int(np.argmin(totals)), len(values) - 1, []
+    while True:
+        out.append(int(values[j]))
+        if k == 0:
+            break
+        j, k = int(choice[k - 1][j]), k - 1
+    return tuple(sorted(out)) + ((max_length,) if out[0] < max_length else ())
+
+
 def _resolve_buckets(buckets, max_length: int, targets: bool = False) -> tuple[int, ...]:
     if buckets is True:
         return target_bucket_lengths(max_length) if targets else bucket_lengths(max_length)
@@ -305,27 +338,43 @@ class EvalIterator:
     sort_by_length: batch the examples longest first (a stable sort by input and
     then target length), so that each batch is padded little; the consumers put
     the results back in example order with `example_index`.
+    buckets: True (the default) fits the input lengths to these batches (`fit_buckets`: no more
+    lengths than `bucket_lengths` would use here, padded less); False or explicit lengths as `Batcher`.
     """
 
     def __init__(self, tokenized: Tokenized, batch_size: int, *, task_index=0, sort_by_length: bool = True,
-                 **batcher_kwargs):
+                 buckets=True, **batcher_kwargs):
         if len(tokenized) == 0:
             raise ValueError("nothing to evaluate: the split is empty")
         self.tokenized = tokenized
-        task_index = np.broadcast_to(np.asarray(task_index, np.int32), (len(tokenized),)).copy()  # one or per row
-        self.batcher = Batcher(tokenized, batch_size, task_index=task_index, **batcher_kwargs)
         self.batch_size = batch_size
         self.num_examples = len(tokenized)
         self.num_batches = -(-self.num_examples // batch_size)
         self.order = (np.lexsort((-tokenized.target_lengths, -tokenized.input_lengths)) if sort_by_length
                       else np.arange(self.num_examples))
+        targets = None  # as `buckets`
+        if buckets is True:
+            buckets, targets = self._fitted_buckets(tokenized), True
+        task_index = np.broadcast_to(np.asarray(task_index, np.int32), (len(tokenized),)).copy()  # one or per row
+        self.batcher = Batcher(tokenized, batch_size, task_index=task_index, buckets=buckets,
+                               target_buckets=targets, **batcher_kwargs)
+
+    def _fitted_buckets(self, tokenized: Tokenized) -> tuple[int, ...]:
+        longest = [int(tokenized.input_lengths[rows[rows >= 0]].max()) for rows in self._batch_indices()]
+        fixed = bucket_lengths(tokenized.max_input_length)
+        used = len({Batcher._fit_bucket(n, fixed) for n in longest})
+        return fit_buckets(longest, used, tokenized.max_input_length)
+
+    def _batch_indices(self) -> np.ndarray:
+        """[num_batches, batch_size] example indices, -1 on the rows that pad the last batch."""
+        padded = np.concatenate([self.order, np.full(self.num_batches * self.batch_size - self.num_examples, -1)])
+        return padded.reshape(self.num_batches, self.batch_size)
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        padded = np.concatenate([self.order, np.full(self.num_batches * self.batch_size - self.num_examples, -1)])
-        for indices in padded.reshape(self.num_batches, self.batch_size):
+        for indices in self._batch_indices():
             yield self.batcher(indices)
 
 

@@ -8,8 +8,8 @@ from transformers import AutoTokenizer
 
 from prompt_tuning_jax.data import get_task, pipeline, shared_data_dir
 from prompt_tuning_jax.data.pipeline import (EvalIterator, Prefetch, Tokenized, TrainIterator, bucket_lengths,
-                                             target_bucket_lengths,
-                                             measure_throughput, tokenize, tokenize_task)
+                                             fit_buckets, measure_throughput, target_bucket_lengths, tokenize,
+                                             tokenize_task)
 
 SHARED = shared_data_dir()
 KEYS = {"input_ids", "attention_mask", "target_ids", "target_mask", "label", "task_index", "weight",
@@ -141,7 +141,7 @@ def test_bucket_lengths_and_batch_shapes():
     assert len(bucket_lengths(2048)) == 16
     tok = synthetic(300, max_len=100)
     buckets = bucket_lengths(100)
-    it = EvalIterator(tok, 4, sort_by_length=False, **ONE_HOST)
+    it = EvalIterator(tok, 4, sort_by_length=False, buckets=buckets, **ONE_HOST)
     for batch in it:
         T = batch["input_ids"].shape[1]
         longest = batch["attention_mask"].sum(1).max()
@@ -150,6 +150,30 @@ def test_bucket_lengths_and_batch_shapes():
     assert {t for t, _ in it.batcher.shapes} <= set(buckets)  # a jitted step compiles at most once per bucket
     fixed = next(iter(EvalIterator(tok, 4, buckets=False, **ONE_HOST)))
     assert fixed["input_ids"].shape == (4, 100)
+
+
+def test_fit_buckets_minimise_padding_with_no_more_lengths():
+    sst2 = [12, 14, 16, 17, 19, 21, 22, 24, 25, 26, 27, 29, 30, 31, 32, 33, 34, 36, 38, 39, 42, 44, 46, 48, 52,
+            56, 63, 79]  # the longest T5 input of each batch of 32 of SST-2 validation, sorted
+    assert fit_buckets(sst2, 3, 512) == (32, 48, 80, 512)
+    assert fit_buckets(sst2, 2, 512) == (40, 80, 512)
+    assert fit_buckets(sst2, 1, 512) == (80, 512)
+    assert fit_buckets(sst2, 16, 512) == (32, 48, 80, 512)  # a fourth length saves less than a batch
+    assert fit_buckets([30, 35, 40, 70], 3, 512) == (40, 72, 512)  # the third would save 8 positions
+    assert fit_buckets([99, 100, 97], 4, 100) == (100,)  # capped at max_length, never past it
+    assert fit_buckets([5], 1, 8) == (8,)
+
+
+def test_eval_fits_buckets_to_its_batches():
+    tok = synthetic(301, max_len=100)
+    fitted, fixed = (EvalIterator(tok, 8, buckets=b, **ONE_HOST) for b in (True, bucket_lengths(100)))
+    batches, _ = list(fitted), list(fixed)
+    assert fitted.batcher.input_buckets[-1] == 100
+    assert len(fitted.batcher.shapes) <= len(fixed.batcher.shapes)
+    assert fitted.batcher.padding_fraction < fixed.batcher.padding_fraction
+    for batch in batches:
+        T, longest = batch["input_ids"].shape[1], batch["attention_mask"].sum(1).max()
+        assert T == min(b for b in fitted.batcher.input_buckets if b >= longest) and (T % 8 == 0 or T == 100)
 
 
 def test_targets_get_small_buckets_so_a_label_word_is_not_padded_to_eight():
