@@ -20,6 +20,7 @@ from prompt_tuning_jax.data.pipeline import (
     TrainIterator,
     bucket_lengths,
     concatenate,
+    fit_buckets,
     measure_throughput,
     pad_id_for,
     tokenize,
@@ -38,7 +39,7 @@ from prompt_tuning_jax.data.tasks import Task
 
 __all__ = [
     "Batcher", "DerivedValidation", "EvalIterator", "FileSource", "HFSource", "HubError", "LocalOrHub",
-    "Prefetch", "Task", "Tokenized", "TrainIterator", "bucket_lengths", "concatenate", "get_task",
+    "Prefetch", "Task", "Tokenized", "TrainIterator", "bucket_lengths", "concatenate", "fit_buckets", "get_task",
     "list_tasks", "measure_throughput", "metrics", "pad_id_for", "register_alias", "register_task",
     "shared_data_dir", "t5x_names", "tokenize", "tokenize_task",
 ]

@@ -110,7 +110,8 @@ def make_generator(loaded, decoding: DecodeSpec, default_max_new: int) -> Genera
 def generate_texts(generator: Generator, batches, loaded) -> list[str]:
     """Decoded generations for every example of `batches`, in example order (up to each row's EOS)."""
     batches = list(batches)
-    tokens = np.concatenate([partitioning.host_value(generator.generate(b)) for b in batches])
+    dispatched = [generator.generate(b) for b in batches]  # every batch queued before the first is read
+    tokens = np.concatenate([partitioning.host_value(t) for t in dispatched])
     keep = partitioning.gather_batches([b["weight"] for b in batches]) > 0
     index = partitioning.gather_batches([b["example_index"] for b in batches])[keep]
     tokens = tokens[keep][np.argsort(index, kind="stable")]
