@@ -40,6 +40,15 @@ def _declared(folder: str) -> tuple[str, dict] | None:
         return None
 
 
+def _rebuilds_saved_backend(name: str, config: dict) -> bool:
+    """Whether transformers' class `name`, under tokenizer_config.json `config`, loads exactly the backend saved
+    in tokenizer.json: a class of `_FAST`, a tokenizers backend, no setting that changes it, and the special
+    tokens named where the class would otherwise default them."""
+    return (name in _FAST and config.get("backend") == "tokenizers"
+            and not any(config.get(key) for key in _CHANGES_BACKEND)
+            and not (name in _DEFAULTING and any(key not in config for key in _SAVED_SPECIALS)))
+
+
 class FastTokenizer:
     """A tokenizer folder's tokenizer.json, used as transformers uses it: `tok(texts)["input_ids"]`, `encode`,
     `decode`, `batch_decode`, `convert_ids_to_tokens`, `len(tok)`, the special tokens and their ids.
@@ -63,8 +72,7 @@ class FastTokenizer:
         if found is None or not os.path.isfile(path):
             return None
         name, config = found
-        if (name not in _FAST or config.get("backend") != "tokenizers"
-                or any(config.get(key) for key in _CHANGES_BACKEND) or (name in _DEFAULTING and any(k not in config for k in _SAVED_SPECIALS))):
+        if not _rebuilds_saved_backend(name, config):
             return None
         from tokenizers import Tokenizer
 
